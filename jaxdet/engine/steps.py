@@ -1,0 +1,71 @@
+"""Pure, jit-compiled train and inference steps, model-agnostic.
+
+A detector is any Flax module whose ``apply(variables, batch, train=True, rngs={"sampling": key})``
+returns a dict of scalar losses and whose ``apply(variables, batch, train=False)`` returns a dict of
+detections (DESIGN.md section 2). The steps are compiled once per canvas shape and sharded as
+:mod:`jaxdet.engine.parallel` describes.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from jaxdet.engine import parallel
+from jaxdet.engine.state import TrainState
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    mesh: Mesh, skip_nonfinite: bool = False) -> Callable[[TrainState, dict], tuple]:
+    """Builds ``train_step(state, batch) -> (state, metrics)``, jitted with the mesh's shardings.
+
+    The step's randomness is ``fold_in(state.rng, state.step)``. The update is applied only when the total
+    loss is finite; otherwise the state is returned unchanged except for ``step`` (``skip_nonfinite``)
+    or entirely unchanged (the caller then stops). ``metrics`` holds every loss term, ``loss_total``,
+    ``lr``, ``grad_norm``, ``finite`` (bool) and ``step`` (the iteration the metrics belong to).
+    The state argument is donated.
+    """
+    mutable = [c for c in ("batch_stats",)]
+
+    def train_step(state: TrainState, batch: dict):
+        key = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(params):
+            out, updates = model.apply({"params": params, **state.model_state}, batch, train=True,
+                                       rngs={"sampling": key}, mutable=mutable)
+            total = sum(out.values())
+            return total, (out, updates)
+
+        (total, (terms, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        upd, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, upd)
+        model_state = {**state.model_state, **updates}
+        finite = jnp.isfinite(total)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        new_state = state.replace(
+            step=state.step + (1 if skip_nonfinite else finite.astype(jnp.int32)),
+            params=keep(params, state.params),
+            model_state=keep(model_state, state.model_state),
+            opt_state=keep(opt_state, state.opt_state),
+        )
+        metrics = dict(terms)
+        metrics.update(loss_total=total, lr=schedule(state.step), grad_norm=optax.global_norm(grads), finite=finite,
+                       step=state.step)
+        return new_state, metrics
+
+    repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    return jax.jit(train_step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+
+
+def make_predict_step(model: nn.Module, mesh: Mesh) -> Callable[[dict, dict], dict]:
+    """Builds ``predict_step(variables, batch) -> detections`` (sharded over the batch), jitted."""
+
+    def predict_step(variables, batch):
+        return model.apply(variables, batch, train=False)
+
+    repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    return jax.jit(predict_step, in_shardings=(repl, data), out_shardings=data)
