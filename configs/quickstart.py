@@ -46,9 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.solver.ims_per_batch = 8
     c.solver.base_lr = 0.02
     c.solver.warmup_iters = 100
-    c.solver.max_iter = 1500
-    c.solver.steps = (1100, 1400)
-    c.solver.checkpoint_period = 500
+    c.solver.max_iter = 600
+    c.solver.steps = (450, 550)
+    c.solver.checkpoint_period = 200
     c.test.eval_period = 0
     c.test.ims_per_batch = 8
     return c

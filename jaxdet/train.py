@@ -20,13 +20,11 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from jaxdet.data.coco import CocoDataset, load_coco
 from jaxdet.data.pipeline import make_train_iterator
 from jaxdet.engine import checkpoint as ckpt_lib
 from jaxdet.engine import parallel
@@ -35,6 +33,7 @@ from jaxdet.engine.logger import MetricWriter, setup_logging
 from jaxdet.engine.optim import build_optimizer
 from jaxdet.engine.state import TrainState, create_train_state
 from jaxdet.engine.steps import make_predict_step, make_train_step
+from jaxdet.engine.bootstrap import init_variables, load_datasets, load_initial_weights, model_meta
 from jaxdet.modeling.build import build_detector, trainable_mask
 
 log = logging.getLogger("jaxdet.train")
@@ -42,51 +41,6 @@ log = logging.getLogger("jaxdet.train")
 
 class NonFiniteLossError(RuntimeError):
     """Raised when a training loss is NaN or Inf (``solver.nan_policy='stop'``)."""
-
-
-def load_datasets(config, train: bool = True) -> tuple[CocoDataset | None, CocoDataset]:
-    """The train (``skip_empty=True``) and val datasets of ``config.data``; generates the synthetic data first
-    when ``data.synthetic`` is set."""
-    root = os.path.expanduser(config.data.root)
-    if config.data.synthetic:
-        from jaxdet.data.synthetic import generate_synthetic_coco
-
-        generate_synthetic_coco(root, **dict(config.data.synthetic_args))
-    train_ds = None
-    if train:
-        train_ds = load_coco(os.path.join(root, config.data.train_json), os.path.join(root, config.data.train_images),
-                             skip_empty=True)
-    val_ds = load_coco(os.path.join(root, config.data.val_json), os.path.join(root, config.data.val_images),
-                       skip_empty=False)
-    return train_ds, val_ds
-
-
-def init_variables(model, config, seed: int) -> dict:
-    """Model variables initialised on a small dummy canvas (parameter shapes do not depend on its size)."""
-    batch = {"image": jnp.zeros((1, 64, 64, 3), jnp.uint8), "image_size": jnp.array([[64, 64]], jnp.int32)}
-    variables = jax.jit(lambda k: model.init({"params": k}, batch, train=False))(jax.random.key(seed))
-    return jax.tree.map(np.asarray, dict(variables))
-
-
-def model_meta(config, dataset: CocoDataset, num_classes: int) -> dict:
-    """What a checkpoint must carry to be used without the training data: classes and pixel convention."""
-    return {
-        "model": config.model.to_dict(),
-        "num_classes": num_classes,
-        "category_ids": list(map(int, dataset.category_ids)),
-        "class_names": list(dataset.class_names),
-        "input_format": config.input.format,
-        "pixel_mean": list(config.model.pixel_mean),
-        "pixel_std": list(config.model.pixel_std),
-    }
-
-
-def load_initial_weights(variables: dict, path: str) -> dict:
-    """Merges weights from ``path`` (a jaxdet checkpoint or converter output) into ``variables``; partial
-    weights (e.g. an ImageNet backbone) are allowed, unknown or mis-shaped ones are errors."""
-    loaded, meta = ckpt_lib.load_variables(path)
-    log.info("initialising from %s (%s)", path, {k: meta.get(k) for k in ("source", "pixel_mean", "input_format")})
-    return ckpt_lib.merge_variables(variables, loaded, path, allow_missing=True)
 
 
 def train(config, resume: bool = True) -> dict:
@@ -99,6 +53,7 @@ def train(config, resume: bool = True) -> dict:
             json.dump(config.to_dict(), f, indent=1, default=str)
     log.info("devices: %d (%s), processes: %d", jax.device_count(), jax.devices()[0].platform, jax.process_count())
 
+    loaded = load_initial_weights(config, config.model.weights) if config.model.weights else None
     train_ds, val_ds = load_datasets(config)
     num_classes = config.model.num_classes if config.model.num_classes > 0 else train_ds.num_classes
     if num_classes != train_ds.num_classes:
@@ -108,8 +63,8 @@ def train(config, resume: bool = True) -> dict:
     parallel.check_batch_size(config.solver.ims_per_batch, mesh)
 
     variables = init_variables(model, config, config.seed)
-    if config.model.weights:
-        variables = load_initial_weights(variables, config.model.weights)
+    if loaded is not None:
+        variables = ckpt_lib.merge_variables(variables, loaded, config.model.weights, allow_missing=True)
     tx, schedule = build_optimizer(config.solver, variables["params"],
                                    trainable_mask(variables["params"], config.model.backbone.freeze_at))
     state = create_train_state(variables, tx, jax.random.key_data(jax.random.key(config.seed)))
@@ -136,7 +91,8 @@ def train(config, resume: bool = True) -> dict:
     window: list[dict] = []
     t_window, t_compile = time.perf_counter(), None
     pending = None
-    bar = tqdm(total=max_iter, initial=start, desc="train", unit="it", disable=not is_main, dynamic_ncols=True)
+    bar = tqdm(total=max_iter, initial=start, desc="train", unit="it", disable=not is_main, dynamic_ncols=True,
+               mininterval=2.0)
 
     def handle(metrics):
         """Host side of one finished step (runs one step behind the device)."""
@@ -213,12 +169,15 @@ def evaluate_and_log(predict_step, state: TrainState, dataset, config, mesh, wri
     return metrics
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config()).", lock_config=True)
-flags.DEFINE_bool("resume", True, "Resume from the latest checkpoint in output_dir (--noresume starts fresh).")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host; reads the cluster env).")
-flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
-flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
-flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+def define_flags():
+    """The command-line flags (defined only when run as a program, so the module stays importable)."""
+    config = config_flags.DEFINE_config_file("config", None, "Config file (get_config()).", lock_config=True)
+    flags.DEFINE_bool("resume", True, "Resume from the latest checkpoint in output_dir (--noresume starts fresh).")
+    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host; reads the cluster env).")
+    flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
+    flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+    flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+    return config
 
 
 def maybe_initialize_distributed() -> None:
@@ -231,11 +190,13 @@ def maybe_initialize_distributed() -> None:
 
 def main(argv):
     del argv
-    if _CONFIG.value is None:
+    config = flags.FLAGS.config
+    if config is None:
         raise app.UsageError("--config is required, e.g. --config configs/faster_rcnn.py")
     maybe_initialize_distributed()
-    train(_CONFIG.value, resume=flags.FLAGS.resume)
+    train(config, resume=flags.FLAGS.resume)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -124,7 +124,8 @@ def merge_variables(target: dict, loaded: dict, source: str, allow_missing: bool
     """Puts ``loaded`` values into the structure of ``target`` (e.g. a fresh model's variables).
 
     Args:
-      target: the model's variables (the structure and shapes that must be met).
+      target: the model's variables (the structure and shapes that must be met); arrays or
+        ``jax.ShapeDtypeStruct`` s (then nothing may be missing).
       loaded: variables read from a checkpoint or converter; a subset is allowed if ``allow_missing``.
       source: the file name, for messages.
       allow_missing: True for initialisation from partial weights (e.g. an ImageNet backbone); the
@@ -141,8 +142,8 @@ def merge_variables(target: dict, loaded: dict, source: str, allow_missing: bool
     flat_l = traverse_util.flatten_dict(loaded, sep="/")
     extra = sorted(set(flat_l) - set(flat_t))
     missing = sorted(set(flat_t) - set(flat_l))
-    shape = sorted(f"{k}: checkpoint {np.shape(flat_l[k])} vs model {np.shape(flat_t[k])}"
-                   for k in set(flat_l) & set(flat_t) if np.shape(flat_l[k]) != np.shape(flat_t[k]))
+    shape = sorted(f"{k}: checkpoint {tuple(np.shape(flat_l[k]))} vs model {tuple(flat_t[k].shape)}"
+                   for k in set(flat_l) & set(flat_t) if tuple(np.shape(flat_l[k])) != tuple(flat_t[k].shape))
     problems = []
     if extra:
         problems.append(f"{len(extra)} unexpected keys (not in this model): {_short(extra)}")
@@ -155,7 +156,7 @@ def merge_variables(target: dict, loaded: dict, source: str, allow_missing: bool
     if missing:
         log.info("weights %s: %d of %d arrays loaded; %d keep their initial values (e.g. %s)", source,
                  len(flat_l), len(flat_t), len(missing), _short(missing, 3))
-    merged = {k: (np.asarray(flat_l[k], dtype=np.asarray(v).dtype) if k in flat_l else v) for k, v in flat_t.items()}
+    merged = {k: (np.asarray(flat_l[k], dtype=v.dtype) if k in flat_l else v) for k, v in flat_t.items()}
     return traverse_util.unflatten_dict(merged, sep="/")
 
 
@@ -166,3 +167,38 @@ def _short(items: list[str], n: int = 10) -> str:
 def abstract(tree: Any) -> Any:
     """``jax.ShapeDtypeStruct`` s of a pytree (for restoring without allocating)."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+
+
+def apply_meta_to_config(config, meta: dict, source: str) -> list[str]:
+    """Applies a checkpoint's ``meta["config_overrides"]`` (dotted config keys -> values) to ``config``.
+
+    Converted weights carry their pixel convention and architectural switches (channel order, mean/std,
+    FrozenBN eps, stride_in_1x1, RoIAlign semantics, number of classes); the model must use them, so they
+    override the config. Returns the ``"key: old -> new"`` changes (logged by the caller).
+
+    Raises:
+      ValueError: an override names a key the config does not have (a checkpoint from another kind of model).
+    """
+    changes = []
+    for key, value in (meta.get("config_overrides") or {}).items():
+        *path, leaf = key.split(".")
+        node = config
+        for p in path:
+            node = node.get(p) if hasattr(node, "get") else None
+        if node is None or leaf not in node:
+            raise ValueError(f"checkpoint {source} sets {key!r}, which this config does not have")
+        old = node[leaf]
+        new = _like(old, value)
+        if old != new:
+            node[leaf] = new
+            changes.append(f"{key}: {old} -> {new}")
+    return changes
+
+
+def _like(old, value):
+    """``value`` (from JSON) in the type of the config's ``old`` value (tuples for lists, float for int)."""
+    if isinstance(value, list):
+        return tuple(_like(old[0] if isinstance(old, (tuple, list)) and old else None, v) for v in value)
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value

@@ -53,7 +53,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
             opt_state=keep(opt_state, state.opt_state),
         )
         metrics = dict(terms)
-        metrics.update(loss_total=total, lr=schedule(state.step), grad_norm=optax.global_norm(grads), finite=finite,
+        metrics.update(loss_total=total, lr=schedule(state.step), grad_norm=optax.tree.norm(grads), finite=finite,
                        step=state.step)
         return new_state, metrics
 

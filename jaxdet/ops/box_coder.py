@@ -14,6 +14,8 @@ from typing import Sequence
 
 import jax.numpy as jnp
 
+from jaxdet.ops.boxes import mul_no_fma, true_divide
+
 Array = jnp.ndarray
 
 DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
@@ -59,10 +61,10 @@ def encode_boxes(boxes: Array, anchors: Array, weights: Sequence[float] = (1.0, 
     gt_ctr_x = boxes[..., 0] + 0.5 * gt_widths
     gt_ctr_y = boxes[..., 1] + 0.5 * gt_heights
 
-    dx = wx * (gt_ctr_x - ex_ctr_x) / ex_widths
-    dy = wy * (gt_ctr_y - ex_ctr_y) / ex_heights
-    dw = ww * jnp.log(gt_widths / ex_widths)
-    dh = wh * jnp.log(gt_heights / ex_heights)
+    dx = true_divide(wx * (gt_ctr_x - ex_ctr_x), ex_widths)
+    dy = true_divide(wy * (gt_ctr_y - ex_ctr_y), ex_heights)
+    dw = ww * jnp.log(true_divide(gt_widths, ex_widths))
+    dh = wh * jnp.log(true_divide(gt_heights, ex_heights))
     return jnp.stack([dx, dy, dw, dh], axis=-1)
 
 
@@ -95,13 +97,13 @@ def decode_boxes(
     ctr_x = anchors[..., 0] + 0.5 * widths
     ctr_y = anchors[..., 1] + 0.5 * heights
 
-    dx = deltas[..., 0] / wx
-    dy = deltas[..., 1] / wy
-    dw = jnp.minimum(deltas[..., 2] / ww, clamp)
-    dh = jnp.minimum(deltas[..., 3] / wh, clamp)
+    dx = true_divide(deltas[..., 0], wx)
+    dy = true_divide(deltas[..., 1], wy)
+    dw = jnp.minimum(true_divide(deltas[..., 2], ww), clamp)
+    dh = jnp.minimum(true_divide(deltas[..., 3], wh), clamp)
 
-    pred_ctr_x = dx * widths + ctr_x
-    pred_ctr_y = dy * heights + ctr_y
+    pred_ctr_x = mul_no_fma(dx, widths) + ctr_x
+    pred_ctr_y = mul_no_fma(dy, heights) + ctr_y
     pred_w = jnp.exp(dw) * widths
     pred_h = jnp.exp(dh) * heights
 

@@ -19,6 +19,36 @@ import jax.numpy as jnp
 Array = jnp.ndarray
 
 
+def true_divide(x: Array, divisor) -> Array:
+    """``x / divisor`` as an elementwise IEEE division, like torch/numpy.
+
+    XLA's algebraic simplifier rewrites ``x / broadcast(d)`` (a constant or a smaller array) into
+    ``x * broadcast(1 / d)``, which differs from the division, and from torchvision, in the last bit
+    whenever ``1 / d`` is inexact (d = 7, 10, 224, ...). Selecting the divisor per element
+    (``where(isnan(x), 1, d)``; a NaN ``x`` gives NaN either way) keeps a true divide.
+
+    Args:
+      x: float array. divisor: Python number or array broadcastable to ``x``.
+    Returns:
+      ``x / divisor`` with the broadcast shape, in ``x.dtype``.
+    """
+    x = jnp.asarray(x)
+    d = jnp.where(jnp.isnan(x), jnp.ones((), x.dtype), jnp.asarray(divisor, x.dtype))
+    return x / d
+
+
+def mul_no_fma(a: Array, b) -> Array:
+    """``a * b`` rounded to the dtype before any following addition.
+
+    XLA on CPU (and GPU) contracts ``a * b + c`` into a fused multiply-add, which rounds once instead
+    of twice and so differs from torchvision's CPU kernels in the last bit; for box coordinates
+    that can flip an IoU threshold or a bilinear tap. The select (NaN stays NaN) hides the product
+    from the contraction at the cost of one elementwise op.
+    """
+    p = jnp.asarray(a) * b
+    return jnp.where(jnp.isnan(p), jnp.asarray(jnp.nan, p.dtype), p)
+
+
 def _check_last_dim(boxes, name: str = "boxes") -> None:
     if boxes.ndim < 1 or boxes.shape[-1] != 4:
         raise ValueError(f"{name} must have shape [..., 4] (x1, y1, x2, y2), got shape {tuple(boxes.shape)}")
@@ -37,7 +67,7 @@ def box_area(boxes: Array) -> Array:
     """
     boxes = jnp.asarray(boxes)
     _check_last_dim(boxes)
-    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    return mul_no_fma(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1])
 
 
 def box_intersection(boxes1: Array, boxes2: Array) -> Array:
@@ -51,7 +81,7 @@ def box_intersection(boxes1: Array, boxes2: Array) -> Array:
     lt = jnp.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
     rb = jnp.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
     wh = jnp.maximum(rb - lt, 0)
-    return wh[..., 0] * wh[..., 1]
+    return mul_no_fma(wh[..., 0], wh[..., 1])
 
 
 def _safe_divide(num: Array, den: Array) -> Array:

@@ -4,7 +4,9 @@ Matches ``torchvision.ops.nms`` (CPU kernel ``torchvision/csrc/ops/cpu/nms_kerne
 candidates are visited in descending score order (a *stable* sort, so equal scores keep their input
 order, as torchvision's CPU kernel), a visited box that is not suppressed is kept, and it suppresses
 every later box whose IoU with it is ``> iou_threshold``. The IoU is computed with the kernel's
-formula ``inter / (area_i + area_j - inter)`` (no ``+1``); pairs with zero union never suppress.
+formula ``inter / (area_i + area_j - inter)`` (no ``+1``, products not FMA-contracted) and
+compared with the threshold as the kernel does (float IoU against a C++ double), so decisions agree
+bit for bit; pairs with zero union never suppress. bfloat16/float16 boxes are compared in float32.
 
 Implementation: a ``lax.while_loop`` that picks the first not-yet-suppressed candidate in score order,
 computes its IoU row against all N boxes on the fly (O(N) memory, no N x N matrix) and stops after
@@ -17,6 +19,8 @@ from typing import Optional, Tuple
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from jaxdet.ops.boxes import mul_no_fma
 
 Array = jnp.ndarray
 
@@ -67,13 +71,13 @@ def _greedy_nms(boxes, scores, valid, idxs, iou_threshold, max_output_size):
     if n == 0 or k == 0:
         return jnp.zeros((k,), jnp.int32), jnp.zeros((k,), bool)
 
-    if jnp.finfo(boxes.dtype).bits < 32:  # IoU of bfloat16/float16 boxes in float32
-        boxes = boxes.astype(jnp.float32)
+    if not jnp.issubdtype(boxes.dtype, jnp.floating) or jnp.finfo(boxes.dtype).bits < 32:
+        boxes = boxes.astype(jnp.float32)  # IoU of bfloat16/float16/int boxes in float32
     neg_inf = jnp.asarray(-jnp.inf, scores.dtype)
     order = jnp.argsort(jnp.where(valid, scores, neg_inf), descending=True, stable=True).astype(jnp.int32)
     b = boxes[order]
     x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
-    areas = (x2 - x1) * (y2 - y1)
+    areas = mul_no_fma(x2 - x1, y2 - y1)
     cats = None if idxs is None else idxs[order]
     thr = _threshold_for_strict_greater(iou_threshold, b.dtype)
 
@@ -86,7 +90,7 @@ def _greedy_nms(boxes, scores, valid, idxs, iou_threshold, max_output_size):
         i = jnp.argmin(done)  # first candidate (in score order) neither kept nor suppressed
         w = jnp.maximum(jnp.minimum(x2[i], x2) - jnp.maximum(x1[i], x1), 0)
         h = jnp.maximum(jnp.minimum(y2[i], y2) - jnp.maximum(y1[i], y1), 0)
-        inter = w * h
+        inter = mul_no_fma(w, h)
         union = areas[i] + areas - inter
         iou = inter / jnp.where(union > 0, union, jnp.ones_like(union))
         suppress = (union > 0) & (iou > thr)

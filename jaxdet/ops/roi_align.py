@@ -21,12 +21,19 @@ samples per axis instead (an approximation), so raise the cap for models that po
 elongated RoIs at a fine level. The cost grows as ``(2 * grid)^2`` gathers per bin.
 
 Implementation: all feature maps (all images, and all FPN levels for :func:`multilevel_roi_align`)
-are viewed as one table ``[rows, C]``; every bilinear corner of every sample becomes a flat row
-index computed from its own RoI's level, stride and image, and the output is accumulated from
-``(2 * grid)^2`` weighted gathers that XLA fuses into a single pass (no ``[R, ph, pw, samples, C]``
-intermediate, no work on levels a RoI is not assigned to). The gradient w.r.t. the features is a
-scatter-add (custom VJP); the gradient w.r.t. the boxes is also provided (through the bilinear
-weights; torchvision returns none), and XLA drops it when unused.
+are viewed as one table ``[rows, C]``; every bilinear tap of every sample becomes a flat row
+index computed from its own RoI's level, stride and image (RoIAlign is separable, so the taps of a
+bin are the product of ``2 * grid_h`` row taps and ``2 * grid_w`` column taps), and the output is
+accumulated by a ``fori_loop`` over the row taps whose body fuses the column-tap gathers with the
+weighted sum (no ``[R, ph, pw, samples, C]`` intermediate, no work on levels a RoI is not assigned
+to, one gather serves all levels and images). The gradient w.r.t. the features is a scatter-add
+(custom VJP); the gradient w.r.t. the boxes is also provided (through the bilinear weights;
+torchvision returns none), and XLA drops it when the boxes are not differentiated.
+
+Float details for bit-level agreement with torchvision's CPU kernel: sample coordinates are formed
+with the kernel's operation order, without FMA contraction (:func:`jaxdet.ops.boxes.mul_no_fma`)
+and with true divisions (:func:`jaxdet.ops.boxes.true_divide`); only the summation order of the
+``(2 * grid)^2`` taps differs (~1e-7 relative).
 """
 from __future__ import annotations
 
@@ -36,6 +43,8 @@ from typing import Sequence, Tuple, Union
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jaxdet.ops.boxes import mul_no_fma, true_divide
 
 Array = jnp.ndarray
 
@@ -127,7 +136,8 @@ def _axis_samples(start, bin_size, grid, num_samples, pooled: int, max_grid: int
     start = start[:, None, None]
     bin_size = bin_size[:, None, None]
     grid = grid[:, None, None]
-    coord = (start + p * bin_size) + ((i + 0.5) * bin_size) / grid  # [K, pooled, G]
+    # torchvision's exact float expression, without FMA contraction
+    coord = (start + mul_no_fma(p, bin_size)) + true_divide((i + 0.5) * bin_size, grid)  # [K, pooled, G]
     size = length[:, None, None]
     size_f = size.astype(f32)
     valid = (coord >= -1.0) & (coord <= size_f)
@@ -180,17 +190,17 @@ def _roi_align_table(
     ph, pw = output_size
     f32 = jnp.float32
     offset = 0.5 if aligned else 0.0
-    x1 = rois[:, 0] * scale - offset
-    y1 = rois[:, 1] * scale - offset
-    x2 = rois[:, 2] * scale - offset
-    y2 = rois[:, 3] * scale - offset
+    x1 = mul_no_fma(rois[:, 0], scale) - offset
+    y1 = mul_no_fma(rois[:, 1], scale) - offset
+    x2 = mul_no_fma(rois[:, 2], scale) - offset
+    y2 = mul_no_fma(rois[:, 3], scale) - offset
     roi_w = x2 - x1
     roi_h = y2 - y1
     if not aligned:
         roi_w = jnp.maximum(roi_w, 1.0)
         roi_h = jnp.maximum(roi_h, 1.0)
-    bin_h = roi_h / ph
-    bin_w = roi_w / pw
+    bin_h = true_divide(roi_h, ph)
+    bin_w = true_divide(roi_w, pw)
 
     if sampling_ratio > 0:
         gh_n = gw_n = None
@@ -203,8 +213,8 @@ def _roi_align_table(
         if cap <= 0:
             raise ValueError(f"max_sampling_ratio must be a positive int, got {max_sampling_ratio!r}")
         # torchvision: int grid = ceil(roi_size / pooled); <= 0 for empty aligned RoIs -> no sample.
-        gh_n = jnp.clip(jnp.ceil(roi_h / ph), 0, cap).astype(jnp.int32)
-        gw_n = jnp.clip(jnp.ceil(roi_w / pw), 0, cap).astype(jnp.int32)
+        gh_n = jnp.clip(jnp.ceil(bin_h), 0, cap).astype(jnp.int32)
+        gw_n = jnp.clip(jnp.ceil(bin_w), 0, cap).astype(jnp.int32)
         grid_h = jnp.maximum(gh_n, 1).astype(f32)
         grid_w = jnp.maximum(gw_n, 1).astype(f32)
         max_h = max_w = cap
@@ -222,7 +232,7 @@ def _roi_align_table(
     out = _weighted_gather(table, idx, w)  # [K, ph, pw, C] float32
     k = rois.shape[0]
     count = jnp.broadcast_to(count, (k,))
-    out = out / count[:, None, None, None]
+    out = true_divide(out, count[:, None, None, None])
     return out.astype(table.dtype)
 
 
@@ -314,7 +324,7 @@ def assign_levels(
     _check_rois(rois)
     area = (rois[..., 2] - rois[..., 0]) * (rois[..., 3] - rois[..., 1])
     s = jnp.sqrt(area)
-    lvl = jnp.floor(canonical_level + jnp.log2(s / canonical_scale) + jnp.float32(eps))
+    lvl = jnp.floor(canonical_level + jnp.log2(true_divide(s, canonical_scale)) + jnp.float32(eps))
     lvl = jnp.where(jnp.isnan(lvl), float(min_level), lvl)
     lvl = jnp.clip(lvl, float(min_level), float(max_level))
     return lvl.astype(jnp.int32)

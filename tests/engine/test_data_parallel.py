@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent("""
     from jaxdet.engine.state import create_train_state
     from jaxdet.engine.steps import make_train_step
     from jaxdet.modeling.build import build_detector, trainable_mask
-    from jaxdet.train import init_variables, load_datasets
+    from jaxdet.engine.bootstrap import init_variables, load_datasets
     from tests.engine.tiny import tiny_config
 
     assert jax.device_count() == 8, jax.devices()

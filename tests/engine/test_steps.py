@@ -13,7 +13,7 @@ from jaxdet.engine.optim import build_optimizer
 from jaxdet.engine.state import create_train_state
 from jaxdet.engine.steps import make_predict_step, make_train_step
 from jaxdet.modeling.build import build_detector, trainable_mask
-from jaxdet.train import init_variables, load_datasets
+from jaxdet.engine.bootstrap import init_variables, load_datasets
 from tests.engine.tiny import tiny_config
 
 
@@ -34,7 +34,10 @@ def setup(coco128_root, tmp_path_factory):
         **kw), 2)]
     eval_batches = [b for _, b in itertools.islice(make_eval_iterator(
         val_ds, min_size_test=config.input.min_size_test, max_size_test=config.input.max_size_test, **kw), 2)]
-    return config, model, mesh, tx, schedule, state, train_batches, eval_batches
+    # one compiled step for the module: the compile-count test then also proves that runs on other batches
+    # (in whichever order the tests run) reused it
+    step = make_train_step(model, tx, schedule, mesh)
+    return config, model, mesh, step, state, train_batches, eval_batches
 
 
 def _loss(model, state, batch, key):
@@ -43,13 +46,12 @@ def _loss(model, state, batch, key):
 
 
 def test_training_lowers_loss_on_a_repeated_batch(setup):
-    config, model, mesh, tx, schedule, state, batches, _ = setup
+    config, model, mesh, step, state, batches, _ = setup
     batch = batches[0]
     assert batch["gt_valid"].any(), "the coco128 batch must hold objects"
     key = jax.random.key(123)
     before = _loss(model, state, batch, key)
     assert all(np.isfinite(v) for v in before.values())
-    step = make_train_step(model, tx, schedule, mesh)
     st = parallel.replicate(state, mesh)
     for _ in range(8):
         st, metrics = step(st, parallel.shard_batch(batch, mesh))
@@ -61,10 +63,9 @@ def test_training_lowers_loss_on_a_repeated_batch(setup):
 
 
 def test_train_and_predict_compile_once_per_canvas(setup):
-    config, model, mesh, tx, schedule, state, train_batches, eval_batches = setup
+    config, model, mesh, step, state, train_batches, eval_batches = setup
     assert not np.array_equal(train_batches[0]["image_id"], train_batches[1]["image_id"])
     assert train_batches[0]["image"].shape == train_batches[1]["image"].shape
-    step = make_train_step(model, tx, schedule, mesh)
     st = parallel.replicate(state, mesh)
     for b in train_batches:
         st, _ = step(st, parallel.shard_batch(b, mesh))

@@ -12,7 +12,6 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxdet.modeling.heads import roi_heads as roi_lib
 from jaxdet.modeling.heads import rpn as rpn_lib

@@ -14,7 +14,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxdet.modeling import losses
-from jaxdet.ops import box_coder, boxes as box_ops, matcher, nms, sampler
+from jaxdet.ops.box_coder import decode_boxes, encode_boxes
+from jaxdet.ops.boxes import box_iou, clip_boxes, small_boxes_mask
+from jaxdet.ops.matcher import match
+from jaxdet.ops.nms import batched_nms
+from jaxdet.ops.sampler import sample_balanced_indices
 
 _BBOX_CLAMP = 4.135166556742356  # log(1000 / 16), torchvision's BoxCoder default
 
@@ -88,15 +92,15 @@ def sample_rois(proposals: jax.Array, proposals_valid: jax.Array, gt_boxes: jax.
     """
     cand = jnp.concatenate([proposals, gt_boxes], axis=0)
     cand_valid = jnp.concatenate([proposals_valid, gt_valid], axis=0)
-    iou = box_ops.box_iou(gt_boxes, cand)
-    idx, match_labels = matcher.match(iou, gt_valid, cfg.fg_iou_thresh, cfg.bg_iou_thresh, False)
+    iou = box_iou(gt_boxes, cand)
+    idx, match_labels = match(iou, gt_valid, cfg.fg_iou_thresh, cfg.bg_iou_thresh, False)
     match_labels = jnp.where(cand_valid, match_labels, -1)
-    sel, is_pos, valid = sampler.sample_balanced_indices(match_labels, key, cfg.batch_size_per_image,
+    sel, is_pos, valid = sample_balanced_indices(match_labels, key, cfg.batch_size_per_image,
                                                          cfg.positive_fraction)
     rois = cand[sel]
     matched = idx[sel]
     labels = jnp.where(is_pos & valid, gt_classes[matched] + 1, 0).astype(jnp.int32)
-    targets = box_coder.encode_boxes(gt_boxes[matched], rois, cfg.bbox_reg_weights)
+    targets = encode_boxes(gt_boxes[matched], rois, cfg.bbox_reg_weights)
     return {"rois": rois, "labels": labels, "regression_targets": targets, "valid": valid}
 
 
@@ -138,17 +142,17 @@ def postprocess_detections(logits: jax.Array, deltas: jax.Array, proposals: jax.
     """
     r, k1 = logits.shape
     num_classes = k1 - 1
-    boxes = box_coder.decode_boxes(deltas, jnp.broadcast_to(proposals[:, None, :], deltas.shape),
+    boxes = decode_boxes(deltas, jnp.broadcast_to(proposals[:, None, :], deltas.shape),
                                    cfg.bbox_reg_weights, clamp=_BBOX_CLAMP)
-    boxes = box_ops.clip_boxes(boxes, image_size)[:, 1:].reshape(-1, 4)
+    boxes = clip_boxes(boxes, image_size)[:, 1:].reshape(-1, 4)
     scores = jax.nn.softmax(logits, axis=-1)[:, 1:].reshape(-1)
     classes = jnp.broadcast_to(jnp.arange(num_classes, dtype=jnp.int32), (r, num_classes)).reshape(-1)
-    valid = ((scores > cfg.score_thresh_test) & box_ops.small_boxes_mask(boxes, 1e-2)
+    valid = ((scores > cfg.score_thresh_test) & small_boxes_mask(boxes, 1e-2)
              & jnp.repeat(proposals_valid, num_classes))
     k = min(cfg.topk_candidates_test, scores.shape[0])
     _, cand = jax.lax.top_k(jnp.where(valid, scores, -jnp.inf), k)
     c_boxes, c_scores, c_classes, c_valid = boxes[cand], scores[cand], classes[cand], valid[cand]
-    keep, keep_valid = nms.batched_nms(c_boxes, c_scores, c_classes, cfg.nms_thresh_test, cfg.detections_per_image,
+    keep, keep_valid = batched_nms(c_boxes, c_scores, c_classes, cfg.nms_thresh_test, cfg.detections_per_image,
                                        valid=c_valid)
     return {
         "boxes": jnp.where(keep_valid[:, None], c_boxes[keep], 0.0),

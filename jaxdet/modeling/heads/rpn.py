@@ -21,7 +21,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxdet.modeling import losses
-from jaxdet.ops import box_coder, boxes as box_ops, matcher, nms, sampler
+from jaxdet.ops.box_coder import decode_boxes, encode_boxes
+from jaxdet.ops.boxes import box_iou, clip_boxes, small_boxes_mask
+from jaxdet.ops.matcher import match
+from jaxdet.ops.nms import nms
+from jaxdet.ops.sampler import sample_balanced_masks
 
 _BBOX_CLAMP = math.log(1000.0 / 16)
 
@@ -89,9 +93,9 @@ def _single_image_proposals(logits_per_level, deltas_per_level, anchors_per_leve
     for logits, deltas, anchors in zip(logits_per_level, deltas_per_level, anchors_per_level):
         k = min(topk, anchors.shape[0])
         top_logits, idx = jax.lax.top_k(logits, k)
-        b = box_coder.decode_boxes(deltas[idx], anchors[idx], cfg.bbox_reg_weights, clamp=_BBOX_CLAMP)
-        b = box_ops.clip_boxes(b, image_size)
-        valid = box_ops.small_boxes_mask(b, cfg.min_size)
+        b = decode_boxes(deltas[idx], anchors[idx], cfg.bbox_reg_weights, clamp=_BBOX_CLAMP)
+        b = clip_boxes(b, image_size)
+        valid = small_boxes_mask(b, cfg.min_size)
         pad = k_max - k
         lvl_boxes.append(jnp.pad(b, ((0, pad), (0, 0))))
         lvl_scores.append(jnp.pad(jax.nn.sigmoid(top_logits), (0, pad)))
@@ -100,7 +104,7 @@ def _single_image_proposals(logits_per_level, deltas_per_level, anchors_per_leve
     scores = jnp.stack(lvl_scores)   # [L, K]
     valid = jnp.stack(lvl_valid)     # [L, K]
     per_level_out = min(post_topk, k_max)
-    keep, keep_valid = jax.vmap(lambda b, s, v: nms.nms(b, s, cfg.nms_thresh, per_level_out, valid=v))(
+    keep, keep_valid = jax.vmap(lambda b, s, v: nms(b, s, cfg.nms_thresh, per_level_out, valid=v))(
         boxes, scores, valid)        # [L, per_level_out]
     kept_boxes = jnp.take_along_axis(boxes, keep[..., None], axis=1).reshape(-1, 4)
     kept_scores = jnp.where(keep_valid, jnp.take_along_axis(scores, keep, axis=1), -jnp.inf).reshape(-1)
@@ -163,10 +167,10 @@ def rpn_losses(logits: jax.Array, deltas: jax.Array, anchors: jax.Array, gt_boxe
     keys = jax.random.split(key, b)
 
     def per_image(gt_b, valid_b, k):
-        iou = box_ops.box_iou(gt_b, anchors)
-        idx, labels = matcher.match(iou, valid_b, cfg.fg_iou_thresh, cfg.bg_iou_thresh, True)
-        targets = box_coder.encode_boxes(gt_b[idx], anchors, cfg.bbox_reg_weights)
-        pos, neg = sampler.sample_balanced_masks(labels, k, cfg.batch_size_per_image, cfg.positive_fraction)
+        iou = box_iou(gt_b, anchors)
+        idx, labels = match(iou, valid_b, cfg.fg_iou_thresh, cfg.bg_iou_thresh, True)
+        targets = encode_boxes(gt_b[idx], anchors, cfg.bbox_reg_weights)
+        pos, neg = sample_balanced_masks(labels, k, cfg.batch_size_per_image, cfg.positive_fraction)
         return targets, pos, neg
 
     targets, pos, neg = jax.vmap(per_image)(gt_boxes, gt_valid, keys)
