@@ -51,8 +51,14 @@ def resize_nearest_to(x: jax.Array, size: Sequence[int]) -> jax.Array:
     """Nearest-neighbour resize of ``x [B,h,w,C]`` to ``[B,size[0],size[1],C]`` exactly as torch's
     ``F.interpolate(x, size=size, mode='nearest')`` (legacy 'nearest', not 'nearest-exact').
     Static shapes only; any dtype."""
-    rows = nearest_resize_indices(x.shape[1], int(size[0]))
-    cols = nearest_resize_indices(x.shape[2], int(size[1]))
+    b, h, w, c = x.shape
+    out_h, out_w = int(size[0]), int(size[1])
+    if (out_h, out_w) == (2 * h, 2 * w):
+        # The FPN case (canvases are multiples of 32): a broadcast, whose gradient is a cheap sum.
+        # A gather here would make the backward pass a scatter-add, which costs seconds on CPU.
+        return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, out_h, out_w, c)
+    rows = nearest_resize_indices(h, out_h)
+    cols = nearest_resize_indices(w, out_w)
     return jnp.take(jnp.take(x, rows, axis=1), cols, axis=2)
 
 
