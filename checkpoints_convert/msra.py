@@ -20,14 +20,27 @@ MSRA models (R-50/R-101) put the stride on the first 1x1 conv: build them as
 ``ResNet(stride_in_1x1=True)`` and feed BGR pixels normalised with mean [103.53, 116.28, 123.675],
 std [1, 1, 1] (0..255 scale). FAIR's Caffe2 ResNeXt (X-101-32x8d) has the stride on the 3x3 conv
 and std [57.375, 57.12, 58.395].
+
+CLI (writes a jaxdet checkpoint holding the detector's ``backbone`` variables and the pixel
+convention, to initialise training with ``--config.model.weights=DIR``)::
+
+    python -m checkpoints_convert.msra --weights R-50.pkl --arch R-50 --style msra --output weights/R-50-msra
+    python -m checkpoints_convert.msra --weights X-101-32x8d.pkl --arch X-101-32x8d --style caffe2 \\
+        --output weights/X-101-32x8d
+    python -m jaxdet.train --config configs/faster_rcnn.py --config.model.weights=weights/R-50-msra ...
+
+``--arch`` is one of :data:`MSRA_ARCHS`; ``--style`` defaults to the arch's (R-*: msra, X-*: caffe2).
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
-from typing import Any, Dict, Mapping, Tuple
+import sys
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+from tqdm import tqdm
 
 from checkpoints_convert.common import (
     CAFFE2_PIXEL,
@@ -40,9 +53,23 @@ from checkpoints_convert.common import (
     to_numpy,
     unflatten_tree,
 )
-from checkpoints_convert.torchvision_backbone import resnet_variable_shapes
+from checkpoints_convert.torchvision_backbone import (
+    backbone_checkpoint,
+    check_output_dir,
+    resnet_variable_shapes,
+    write_backbone_checkpoint,
+)
 
-__all__ = ["load_msra_blobs", "convert_msra_resnet", "convert_msra_resnet_file", "msra_metadata", "resnet_module_to_msra_name"]
+__all__ = ["load_msra_blobs", "convert_msra_resnet", "convert_msra_resnet_file", "msra_metadata",
+           "resnet_module_to_msra_name", "MSRA_ARCHS", "main"]
+
+#: ``--arch`` name -> (depth, groups, width_per_group, style) of Detectron's ImageNet models
+#: (detectron2 ``ImageNetPretrained/MSRA/R-{50,101}.pkl``, ``ImageNetPretrained/FAIR/X-101-32x8d.pkl``).
+MSRA_ARCHS: Dict[str, Tuple[int, int, int, str]] = {
+    "R-50": (50, 1, 64, "msra"),
+    "R-101": (101, 1, 64, "msra"),
+    "X-101-32x8d": (101, 32, 8, "caffe2"),
+}
 
 _BRANCH2 = {"conv1": "branch2a", "conv2": "branch2b", "conv3": "branch2c",
             "bn1": "branch2a_bn", "bn2": "branch2b_bn", "bn3": "branch2c_bn",
@@ -73,10 +100,14 @@ def resnet_module_to_msra_name(module_path: Tuple[str, ...]) -> str:
 def load_msra_blobs(path: str | os.PathLike) -> Dict[str, np.ndarray]:
     """Read an MSRA/Detectron ``.pkl`` into ``{blob name: numpy array}`` (unwrapping ``'blobs'``).
 
-    Raises FileNotFoundError (missing file) or ValueError (not a dict of arrays)."""
+    Raises FileNotFoundError (missing file) or ValueError (not a dict of arrays, e.g. a detectron2
+    model checkpoint with PyTorch-style names under ``'model'``)."""
     obj = load_pickle(path)
     if isinstance(obj, Mapping) and isinstance(obj.get("blobs"), Mapping):
         obj = obj["blobs"]
+    elif isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        raise ValueError(f"{os.fspath(path)}: a detectron2 model checkpoint ('model' with PyTorch-style names), "
+                         "not MSRA/Caffe2 blobs (conv1_w, res2_0_branch2a_w, ...)")
     if not isinstance(obj, Mapping):
         raise ValueError(f"{os.fspath(path)}: expected a dict of blobs, got {type(obj).__name__}")
     out = {}
@@ -98,6 +129,7 @@ def convert_msra_resnet(
     width_per_group: int = 64,
     norm_eps: float = 1e-5,
     source: str = "<blobs>",
+    progress: bool = False,
 ) -> Dict[str, Dict[str, Any]]:
     """Convert MSRA/Caffe2-named ResNet blobs to ``ResNet(depth, groups, width_per_group)`` variables.
 
@@ -106,6 +138,7 @@ def convert_msra_resnet(
       depth, groups, width_per_group: the architecture (R-50: 50,1,64; X-101-32x8d: 101,32,8).
       norm_eps: the FrozenBN eps the model will use; fused norms get running_var = 1 - eps.
       source: name used in error messages (the file path).
+      progress: show a tqdm bar over the modules (on stderr).
 
     Returns:
       ``{'params': ..., 'frozen': ...}`` nested dicts of float32 numpy arrays (conv kernels HWIO),
@@ -124,7 +157,7 @@ def convert_msra_resnet(
 
     flat: Dict[Tuple[str, ...], np.ndarray] = {}
     used, missing, problems = set(), [], []
-    for mod in modules:
+    for mod in tqdm(modules, desc="converting", unit="module", disable=not progress, leave=False):
         collection, module_path = mod[0], mod[1:]
         base = resnet_module_to_msra_name(module_path)
         if collection == "params":
@@ -186,10 +219,51 @@ def convert_msra_resnet_file(
     width_per_group: int = 64,
     style: str = "msra",
     norm_eps: float = 1e-5,
+    progress: bool = False,
 ) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Any]]:
     """Load an MSRA/Caffe2 ``.pkl`` and convert it; returns ``(variables, metadata)`` with
     ``metadata = msra_metadata(style, norm_eps)``. Raises like :func:`load_msra_blobs` and
     :func:`convert_msra_resnet`."""
     metadata = msra_metadata(style, norm_eps)
     blobs = load_msra_blobs(path)
-    return convert_msra_resnet(blobs, depth, groups, width_per_group, norm_eps, source=os.fspath(path)), metadata
+    variables = convert_msra_resnet(blobs, depth, groups, width_per_group, norm_eps, source=os.fspath(path),
+                                    progress=progress)
+    return variables, metadata
+
+
+def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m checkpoints_convert.msra",
+        description="Convert an MSRA/Detectron (Caffe2) ImageNet ResNet .pkl into a jaxdet backbone checkpoint "
+                    "(load it with --config.model.weights=OUTPUT; its pixel convention is applied automatically).")
+    p.add_argument("--weights", required=True, help="the .pkl, e.g. R-50.pkl, R-101.pkl, X-101-32x8d.pkl")
+    p.add_argument("--arch", required=True, choices=list(MSRA_ARCHS),
+                   help="architecture of the file (sets depth / groups / width_per_group)")
+    p.add_argument("--output", required=True, help="new folder for the jaxdet checkpoint")
+    p.add_argument("--style", choices=["msra", "caffe2"], default=None,
+                   help="msra: BGR, std 1, stride in the 1x1 (MSRA R-50/R-101); caffe2: BGR, std "
+                        "[57.375, 57.12, 58.395], stride in the 3x3 (FAIR X-101-32x8d). Default: the arch's")
+    p.add_argument("--norm-eps", type=float, default=1e-5, help="FrozenBN eps of the target model (default 1e-5)")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point (see the module docstring). Returns 0.
+
+    Raises FileNotFoundError (missing ``--weights``), FileExistsError (non-empty ``--output``) or
+    ValueError (not MSRA blobs, or blobs/shapes that do not match ``--arch``), naming the file."""
+    args = _parse_args(argv)
+    depth, groups, width, default_style = MSRA_ARCHS[args.arch]
+    style = args.style or default_style
+    check_output_dir(args.output)  # fail before a long conversion
+    print(f"reading {args.weights} ({args.arch}, style {style}) ...", flush=True)
+    variables, metadata = convert_msra_resnet_file(args.weights, depth, groups, width, style=style,
+                                                   norm_eps=args.norm_eps, progress=True)
+    nested, meta = backbone_checkpoint(variables, metadata, source=os.fspath(args.weights), fmt=style,
+                                       arch=args.arch, depth=depth, groups=groups, width_per_group=width)
+    write_backbone_checkpoint(args.output, nested, meta)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

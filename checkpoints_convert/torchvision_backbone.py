@@ -14,17 +14,30 @@ Typical use::
 
 torch is only needed to read ``.pth`` files (:func:`load_torchvision_state_dict`); the
 converters themselves accept numpy arrays.
+
+CLI (writes a jaxdet checkpoint holding the detector's ``backbone`` variables and the weights' pixel
+convention, to initialise training with ``--config.model.weights=DIR``)::
+
+    python -m checkpoints_convert.torchvision_backbone --weights resnet50-0676ba61.pth \\
+        --arch resnet50 --output weights/R-50-torchvision
+    python -m jaxdet.train --config configs/faster_rcnn.py \\
+        --config.model.weights=weights/R-50-torchvision --config.data.root=/path/to/coco
+
+``--arch`` is one of :data:`TORCHVISION_ARCHS` (sets depth / groups / width_per_group).
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import re
-from typing import Any, Dict, Mapping, Tuple
+import sys
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from checkpoints_convert.common import (
     TORCHVISION_PIXEL,
@@ -45,7 +58,26 @@ __all__ = [
     "torchvision_metadata",
     "resnet_variable_to_torch_name",
     "resnet_variable_shapes",
+    "TORCHVISION_ARCHS",
+    "backbone_checkpoint",
+    "check_output_dir",
+    "write_backbone_checkpoint",
+    "main",
 ]
+
+#: ``--arch`` name -> (depth, groups, width_per_group), as built by ``torchvision/models/resnet.py``.
+TORCHVISION_ARCHS: Dict[str, Tuple[int, int, int]] = {
+    "resnet18": (18, 1, 64),
+    "resnet34": (34, 1, 64),
+    "resnet50": (50, 1, 64),
+    "resnet101": (101, 1, 64),
+    "resnet152": (152, 1, 64),
+    "resnext50_32x4d": (50, 32, 4),
+    "resnext101_32x8d": (101, 32, 8),
+    "resnext101_64x4d": (101, 64, 4),
+    "wide_resnet50_2": (50, 1, 128),
+    "wide_resnet101_2": (101, 1, 128),
+}
 
 _BN_NAMES = {
     # (collection, leaf) -> torch buffer/param name
@@ -149,6 +181,7 @@ def convert_torchvision_resnet(
     prefix: str = "",
     norm: str = "frozen_bn",
     source: str = "<state_dict>",
+    progress: bool = False,
 ) -> Dict[str, Dict[str, Any]]:
     """Convert a torchvision ResNet/ResNeXt state_dict to ``ResNet(depth, groups, width_per_group)`` variables.
 
@@ -164,6 +197,7 @@ def convert_torchvision_resnet(
         collection. ``'bn'``/``'syncbn'``: weight/bias to ``params/{scale,bias}``,
         running stats to ``batch_stats/{mean,var}`` (for fine-tuning with batch norm).
       source: name used in error messages (the file path).
+      progress: show a tqdm bar over the tensors (on stderr).
 
     Returns:
       ``{'params': ..., 'frozen': ...}`` (or ``{'params', 'batch_stats'}``) nested dicts of
@@ -189,7 +223,8 @@ def convert_torchvision_resnet(
     check_keys(name_of.values(), given.keys(), f"{source} (prefix {prefix!r})")
 
     flat = {}
-    for (collection, path), torch_name in name_of.items():
+    for (collection, path), torch_name in tqdm(name_of.items(), desc="converting", unit="tensor",
+                                               disable=not progress, leave=False):
         v = given[torch_name]
         if path[-1] == "kernel":
             if np.ndim(v) != 4:
@@ -266,13 +301,146 @@ def convert_torchvision_resnet_file(
     prefix: str = "",
     norm: str = "frozen_bn",
     norm_eps: float = 1e-5,
+    progress: bool = False,
 ) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Any]]:
     """Load a torchvision ``.pth`` and convert its ResNet; returns ``(variables, metadata)``.
 
     ``metadata`` is :func:`torchvision_metadata` (``channel_order``, ``pixel_mean``,
     ``pixel_std``, ``stride_in_1x1``, ``norm_eps``): set the model/data config from it.
-    Raises like :func:`load_torchvision_state_dict` and :func:`convert_torchvision_resnet`."""
+    Raises like :func:`load_torchvision_state_dict` and :func:`convert_torchvision_resnet`, plus a
+    ValueError with a hint when ``prefix=''`` is used on a torchvision *detection* checkpoint."""
     sd = load_torchvision_state_dict(path)
+    if not prefix and "conv1.weight" not in sd and "backbone.body.conv1.weight" in sd:
+        raise ValueError(f"{os.fspath(path)}: this is a torchvision detection checkpoint (keys 'backbone.body.*'); "
+                         "convert the whole detector with `python -m checkpoints_convert.torchvision_detector`, "
+                         "or only its backbone with --prefix backbone.body.")
     variables = convert_torchvision_resnet(sd, depth, groups, width_per_group, prefix=prefix, norm=norm,
-                                           source=os.fspath(path))
+                                           source=os.fspath(path), progress=progress)
     return variables, torchvision_metadata(norm_eps)
+
+
+# ---------------------------------------------------------------- backbone checkpoints and the CLI
+
+
+def backbone_checkpoint(
+    variables: Mapping[str, Mapping[str, Any]],
+    metadata: Mapping[str, Any],
+    *,
+    source: str,
+    fmt: str,
+    arch: str,
+    depth: int,
+    groups: int,
+    width_per_group: int,
+    norm: str = "frozen_bn",
+) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Any]]:
+    """Wrap converted ResNet variables as a detector's ``backbone`` and describe them for the train loop.
+
+    Args:
+      variables: ``{collection: ResNet tree}`` from a converter (``params`` + ``frozen``, or
+        ``params`` + ``batch_stats``).
+      metadata: the converter's conventions (:func:`torchvision_metadata` or
+        ``checkpoints_convert.msra.msra_metadata``): ``channel_order``, ``pixel_mean``,
+        ``pixel_std`` (0..255 units, in ``channel_order``), ``stride_in_1x1``, ``norm_eps``.
+      source: the converted file (recorded in the meta).
+      fmt: ``'torchvision'``, ``'msra'`` or ``'caffe2'``.
+      arch, depth, groups, width_per_group, norm: the architecture the weights were converted for.
+
+    Returns:
+      ``(detector_variables, meta)``: ``{collection: {'backbone': tree}}`` (the ``backbone``
+      attribute of ``jaxdet.modeling.detectors.faster_rcnn.FasterRCNN``) and
+      ``{'source', 'format', 'arch', 'config_overrides'}``, where ``config_overrides`` maps dotted
+      config keys (``input.format``, ``model.pixel_mean``, ``model.pixel_std``,
+      ``model.backbone.{stride_in_1x1, norm_eps, depth, groups, width_per_group, norm,
+      width_multiplier}``) to the values these weights need; ``jaxdet.engine.bootstrap.load_initial_weights``
+      applies them.
+    """
+    nested = {collection: {"backbone": tree} for collection, tree in variables.items()}
+    overrides = {
+        "input.format": metadata["channel_order"],
+        "model.pixel_mean": [float(v) for v in metadata["pixel_mean"]],
+        "model.pixel_std": [float(v) for v in metadata["pixel_std"]],
+        "model.backbone.stride_in_1x1": bool(metadata["stride_in_1x1"]),
+        "model.backbone.norm_eps": float(metadata["norm_eps"]),
+        "model.backbone.depth": int(depth),
+        "model.backbone.groups": int(groups),
+        "model.backbone.width_per_group": int(width_per_group),
+        "model.backbone.norm": norm,
+        "model.backbone.width_multiplier": 1.0,
+    }
+    meta = {"source": os.path.abspath(source), "format": fmt, "arch": arch, "content": "backbone",
+            "config_overrides": overrides}
+    return nested, meta
+
+
+def check_output_dir(output: str | os.PathLike) -> str:
+    """Refuse to write into an existing non-empty folder (or over a file); returns the absolute path.
+
+    Raises FileExistsError naming ``output``."""
+    output = os.path.abspath(os.fspath(output))
+    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
+        raise FileExistsError(f"output {output} already exists and is not an empty folder; "
+                              "choose another --output or remove it")
+    return output
+
+
+def write_backbone_checkpoint(output: str | os.PathLike, variables: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    """Save ``(variables, meta)`` from :func:`backbone_checkpoint` with
+    ``jaxdet.engine.checkpoint.save_variables`` (step 0) and print what was written.
+
+    Returns the step folder. Raises FileExistsError if ``output`` is a non-empty folder."""
+    from jaxdet.engine.checkpoint import save_variables  # noqa: PLC0415 - orbax import kept off `--help`
+
+    output = check_output_dir(output)
+    print(f"writing {output} ...", flush=True)
+    path = save_variables(output, dict(variables), dict(meta))
+    leaves = list(flatten_tree(variables).values())
+    n = sum(int(np.size(v)) for v in leaves)
+    print(f"wrote {path}: {meta['format']} {meta['arch']} backbone, {len(leaves)} arrays, {n / 1e6:.2f}M values "
+          f"(from {meta['source']})")
+    print("config overrides applied when loading: "
+          + ", ".join(f"{k}={v}" for k, v in meta["config_overrides"].items()))
+    print(f"use: python -m jaxdet.train --config configs/faster_rcnn.py --config.model.weights={output} "
+          "--config.data.root=/path/to/coco")
+    return path
+
+
+def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m checkpoints_convert.torchvision_backbone",
+        description="Convert a torchvision ImageNet ResNet/ResNeXt .pth into a jaxdet backbone checkpoint "
+                    "(load it with --config.model.weights=OUTPUT; its pixel convention is applied automatically).")
+    p.add_argument("--weights", required=True, help="torchvision .pth state_dict, e.g. resnet50-0676ba61.pth")
+    p.add_argument("--arch", required=True, choices=list(TORCHVISION_ARCHS),
+                   help="architecture of the file (sets depth / groups / width_per_group)")
+    p.add_argument("--output", required=True, help="new folder for the jaxdet checkpoint")
+    p.add_argument("--prefix", default="", help="key prefix of the ResNet inside the file, e.g. 'backbone.body.' "
+                                                "to take the backbone of a torchvision detector (default: none)")
+    p.add_argument("--norm", default="frozen_bn", choices=["frozen_bn", "bn", "syncbn"],
+                   help="norm layout of the target model (default frozen_bn, as detectron2/torchvision detectors)")
+    p.add_argument("--norm-eps", type=float, default=1e-5,
+                   help="BatchNorm eps the weights were trained with (1e-5; 0.0 for torchvision's legacy COCO "
+                        "detectors' backbones)")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point (see the module docstring). Returns 0.
+
+    Raises FileNotFoundError (missing ``--weights``), FileExistsError (non-empty ``--output``) or
+    ValueError (not a state_dict, or keys/shapes that do not match ``--arch``), naming the file."""
+    args = _parse_args(argv)
+    depth, groups, width = TORCHVISION_ARCHS[args.arch]
+    check_output_dir(args.output)  # fail before a long conversion
+    print(f"reading {args.weights} ...", flush=True)
+    variables, metadata = convert_torchvision_resnet_file(args.weights, depth, groups, width, prefix=args.prefix,
+                                                          norm=args.norm, norm_eps=args.norm_eps, progress=True)
+    nested, meta = backbone_checkpoint(variables, metadata, source=os.fspath(args.weights), fmt="torchvision",
+                                       arch=args.arch, depth=depth, groups=groups, width_per_group=width,
+                                       norm=args.norm)
+    write_backbone_checkpoint(args.output, nested, meta)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

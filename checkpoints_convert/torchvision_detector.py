@@ -48,10 +48,12 @@ from checkpoints_convert.common import (
     TORCHVISION_PIXEL,
     check_keys,
     conv_oihw_to_hwio,
+    flatten_tree,
     linear_to_dense,
     to_numpy,
 )
 from checkpoints_convert.torchvision_backbone import (
+    check_output_dir,
     convert_torchvision_fpn,
     convert_torchvision_resnet,
     load_torchvision_state_dict,
@@ -333,7 +335,13 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI entry point (see the module docstring). Returns 0; errors raise (FileNotFoundError / ValueError)."""
+    """CLI entry point (see the module docstring). Returns 0.
+
+    Raises:
+      FileNotFoundError: ``--weights`` or ``--categories-from`` missing.
+      FileExistsError: ``--output`` exists and is not an empty folder (nothing is overwritten).
+      ValueError: the weights file is unreadable, not a state_dict, or not a fasterrcnn_resnet50_fpn.
+    """
     args = _parse_args(argv)
     if args.keep_all_classes:
         ids, names = None, None
@@ -341,24 +349,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ids, names = categories_from_annotations(args.categories_from)
     else:
         ids, names = list(COCO_CATEGORY_IDS), list(COCO_CLASS_NAMES)
+    output = check_output_dir(args.output)  # before the (slow) conversion
     sd = load_torchvision_state_dict(args.weights)
     variables, meta = convert_fasterrcnn_resnet50_fpn(sd, category_ids=ids, class_names=names,
                                                       norm_eps=args.norm_eps, source=os.fspath(args.weights))
     from jaxdet.engine.checkpoint import save_variables  # noqa: PLC0415 - keeps `--help` fast
 
-    path = save_variables(args.output, variables, meta)
-    n = sum(int(np.size(v)) for v in _leaves(variables))
+    path = save_variables(output, variables, meta)
+    n = sum(int(np.size(v)) for v in flatten_tree(variables).values())
     print(f"converted {args.weights} ({_ARCH}, {meta['num_classes']} classes, {n / 1e6:.1f}M values, "
           f"norm_eps={args.norm_eps}) -> {path}")
     return 0
-
-
-def _leaves(tree):
-    if isinstance(tree, Mapping):
-        for v in tree.values():
-            yield from _leaves(v)
-    else:
-        yield tree
 
 
 if __name__ == "__main__":

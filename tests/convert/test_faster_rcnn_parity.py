@@ -58,7 +58,7 @@ from jaxdet.config import load_config  # noqa: E402
 from jaxdet.engine.checkpoint import apply_meta_to_config, load_variables  # noqa: E402
 from jaxdet.evaluation.coco import COCOEvaluator, detections_to_coco  # noqa: E402
 from jaxdet.modeling.build import build_detector  # noqa: E402
-from jaxdet.modeling.detectors.faster_rcnn import RPN_LEVELS, FasterRCNN  # noqa: E402
+from jaxdet.modeling.detectors.faster_rcnn import RPN_LEVELS  # noqa: E402
 from jaxdet.modeling.heads import rpn as rpn_lib  # noqa: E402
 
 torch.set_num_threads(2)
@@ -308,7 +308,7 @@ def max_err():
     print("\nmeasured max differences:", json.dumps(errs, indent=1, default=float))
 
 
-def _dets(d, keep=None):
+def _dets(d):
     """(boxes, scores, classes as torchvision labels) of a torchvision dict or a jaxdet output dict."""
     if "labels" in d:
         return d["boxes"], d["scores"], d["labels"]
@@ -600,6 +600,10 @@ def test_cli_legacy_file_roundtrip_and_errors(reference_model, tmp_path, coco128
     assert m3["category_ids"] == [1, 18] and m3["class_names"] == ["person", "dog"]
     np.testing.assert_array_equal(loaded3["params"]["box_head"]["cls_score"]["kernel"],
                                   v3["params"]["box_head"]["cls_score"]["kernel"])
+    # an existing checkpoint is never overwritten
+    with pytest.raises(FileExistsError, match="converted_all"):
+        convert_main(["--weights", str(weights), "--output", str(out2)])
+    assert load_variables(str(out2))[1]["num_classes"] == 90
     # unreadable inputs name the file
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(weights.read_bytes()[: 1 << 20])
