@@ -44,9 +44,10 @@ def evaluate(config, checkpoint: str, output_dir: str | None = None) -> dict:
         log.info("from the checkpoint: %s", change)
     _, val_ds = load_datasets(config, train=False)
     ids = meta.get("category_ids")
-    if ids is not None and list(ids) != list(val_ds.category_ids):
-        raise ValueError(f"checkpoint {checkpoint} predicts {len(ids)} classes (category ids {ids[:10]}...) but "
-                         f"{val_ds.json_path} has {val_ds.num_classes} (ids {val_ds.category_ids[:10]}...)")
+    if ids is not None and not set(val_ds.category_ids) <= set(ids):
+        missing = sorted(set(val_ds.category_ids) - set(ids))
+        raise ValueError(f"checkpoint {checkpoint} predicts {len(ids)} classes but {val_ds.json_path} has "
+                         f"categories it does not know: ids {missing[:10]}")
     num_classes = meta.get("num_classes") or (config.model.num_classes if config.model.num_classes > 0
                                               else val_ds.num_classes)
     model = build_detector(config.model, num_classes)
@@ -54,7 +55,7 @@ def evaluate(config, checkpoint: str, output_dir: str | None = None) -> dict:
     mesh = parallel.make_mesh()
     variables = parallel.replicate(variables, mesh)
     metrics = inference_on_dataset(make_predict_step(model, mesh), variables, val_ds, config, mesh,
-                                   output_dir if jax.process_index() == 0 else None)
+                                   output_dir if jax.process_index() == 0 else None, category_ids=ids)
     log.info("box AP %.2f  AP50 %.2f  AP75 %.2f  (%s)", metrics["AP"], metrics["AP50"], metrics["AP75"], output_dir)
     return metrics
 

@@ -35,14 +35,20 @@ def _dummy_batch() -> dict:
     return {"image": jnp.zeros((1, 64, 64, 3), jnp.uint8), "image_size": jnp.array([[64, 64]], jnp.int32)}
 
 
+def _init(model, key):
+    """``model.init`` through the model's light ``initialize`` method when it has one."""
+    method = getattr(type(model), "initialize", None)
+    return model.init({"params": key}, _dummy_batch(), **({"method": method} if method else {"train": False}))
+
+
 def model_shapes(model) -> dict:
     """The model's variables as ``jax.ShapeDtypeStruct`` s (no compilation, no allocation)."""
-    return dict(jax.eval_shape(lambda k: model.init({"params": k}, _dummy_batch(), train=False), jax.random.key(0)))
+    return dict(jax.eval_shape(lambda k: _init(model, k), jax.random.key(0)))
 
 
 def init_variables(model, config, seed: int) -> dict:
-    """Model variables initialised on a small dummy canvas (parameter shapes do not depend on its size)."""
-    variables = jax.jit(lambda k: model.init({"params": k}, _dummy_batch(), train=False))(jax.random.key(seed))
+    """Model variables (numpy), initialised on a small dummy canvas (parameter shapes do not depend on its size)."""
+    variables = jax.jit(lambda k: _init(model, k))(jax.random.key(seed))
     return jax.tree.map(np.asarray, dict(variables))
 
 

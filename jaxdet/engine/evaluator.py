@@ -21,7 +21,7 @@ _MODEL_KEYS = ("image", "image_size")
 
 
 def inference_on_dataset(predict_step, variables, dataset: CocoDataset, config, mesh: Mesh,
-                         output_dir: str | None) -> dict:
+                         output_dir: str | None, category_ids=None) -> dict:
     """Detections for every image of ``dataset``, scored with pycocotools.
 
     Args:
@@ -32,6 +32,9 @@ def inference_on_dataset(predict_step, variables, dataset: CocoDataset, config, 
       mesh: the device mesh.
       output_dir: where ``coco_instances_results.json`` (detections in COCO format: dataset category ids,
         xywh boxes in original-image pixels) and ``metrics.json`` go; None writes nothing.
+      category_ids: the model's class -> category id table when it differs from the dataset's (e.g.
+        torchvision's 90 COCO ids, 10 of them unused); detections of categories the annotation file lacks
+        are dropped. Default: the dataset's own table.
 
     Returns:
       the metrics dict of :meth:`COCOEvaluator.evaluate` (AP, AP50, ..., per_category_AP) plus
@@ -52,16 +55,22 @@ def inference_on_dataset(predict_step, variables, dataset: CocoDataset, config, 
     it = make_eval_iterator(dataset, **kwargs, max_instances=config.data.max_instances,
                             process_index=jax.process_index(), process_count=jax.process_count(),
                             num_workers=config.data.num_workers, channel_order=config.input.format)
+    model_ids = list(dataset.category_ids if category_ids is None else category_ids)
+    known = set(dataset.category_ids)
+    dropped = [0]
     t0, n_images = time.perf_counter(), 0
     pending = None
 
     def consume(host_batch, out):
         out = jax.device_get(out)
-        evaluator.add(detections_to_coco(host_batch["image_id"], out["boxes"], out["scores"], out["classes"],
-                                         out["valid"], host_batch["scale"], host_batch["orig_size"],
-                                         dataset.category_ids, host_batch["image_valid"],
-                                         image_size=host_batch["image_size"]),
-                      image_ids=host_batch["image_id"][host_batch["image_valid"]])
+        results = detections_to_coco(host_batch["image_id"], out["boxes"], out["scores"], out["classes"],
+                                     out["valid"], host_batch["scale"], host_batch["orig_size"], model_ids,
+                                     host_batch["image_valid"], image_size=host_batch["image_size"])
+        if len(known) != len(model_ids):
+            kept = [r for r in results if r["category_id"] in known]
+            dropped[0] += len(results) - len(kept)
+            results = kept
+        evaluator.add(results, image_ids=host_batch["image_id"][host_batch["image_valid"]])
 
     for _, batch in tqdm(it, total=num_batches, desc="eval", unit="batch", leave=False):
         out = predict_step(variables, parallel.shard_batch({k: batch[k] for k in _MODEL_KEYS}, mesh))
@@ -72,6 +81,8 @@ def inference_on_dataset(predict_step, variables, dataset: CocoDataset, config, 
     if pending is not None:
         consume(*pending)
     dt = time.perf_counter() - t0
+    if dropped[0]:
+        log.info("%d detections of categories absent from %s dropped", dropped[0], dataset.json_path)
     metrics = evaluator.evaluate()
     metrics["inference_s_per_image"] = dt / max(n_images, 1)
     log.info("evaluated %d images in %.1f s (%.3f s/image including data loading and compilation)", n_images, dt,
