@@ -111,6 +111,19 @@ def test_resnext50_32x4d_parity(rgb_batch):
     _assert_features_close(ours, ref, ["C2", "C3", "C4", "C5"])
 
 
+def test_resnext101_32x8d_parity(rgb_batch):
+    """The issue's named ResNeXt (the Caffe2 X-101-32x8d layout in torchvision naming), on a real image crop."""
+    torch.manual_seed(0)
+    tv = _randomise_norms(torchvision.models.resnext101_32x8d(weights=None), seed=2)
+    x = rgb_batch[1:, :192, :256]
+    with torch.no_grad():
+        ref = IntermediateLayerGetter(tv, RETURN)(_nchw(x))
+    variables = convert_torchvision_resnet(tv.state_dict(), depth=101, groups=32, width_per_group=8)
+    assert variables["params"]["layer3_22"]["conv2"]["kernel"].shape == (3, 3, 32, 1024)
+    ours = _apply_fn(ResNet(depth=101, groups=32, width_per_group=8))(variables, jnp.asarray(x))
+    _assert_features_close(ours, ref, ["C2", "C3", "C4", "C5"])
+
+
 def test_fasterrcnn_backbone_fpn_parity(rgb_batch):
     torch.manual_seed(0)
     det = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
