@@ -20,11 +20,15 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---------------------------------------------------------------- data (COCO layout)
     c.data = ml_collections.ConfigDict()
+    c.data.format = "coco"            # coco: the json files below | voc: a Pascal VOC folder (data.root)
     c.data.root = "datasets/coco"
     c.data.train_json = "annotations/instances_train2017.json"
     c.data.train_images = "train2017"
     c.data.val_json = "annotations/instances_val2017.json"
     c.data.val_images = "val2017"
+    c.data.train_split = "trainval"   # voc: ImageSets/Main/<split>.txt
+    c.data.val_split = "test"
+    c.data.voc_classes = ()           # voc: class names in order; () = the 20 Pascal VOC classes
     c.data.synthetic = False          # True: generate the synthetic shapes dataset into data.root first
     c.data.num_workers = 2            # grain worker processes (0 = in the main process)
     c.data.prefetch = 2               # batches prefetched to the devices
@@ -117,4 +121,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.test.eval_period = 0            # 0: evaluate only at the end of training
     c.test.ims_per_batch = 8
     c.test.max_images = 0             # 0: the whole val split
+    c.test.voc_07_metric = True       # voc: 11-point AP (VOC2007 test); False: area AP (VOC2010+)
     return c

@@ -15,13 +15,22 @@ log = logging.getLogger(__name__)
 
 
 def load_datasets(config, train: bool = True) -> tuple[CocoDataset | None, CocoDataset]:
-    """The train (``skip_empty=True``) and val datasets of ``config.data``; generates the synthetic data first
-    when ``data.synthetic`` is set."""
+    """The train (``skip_empty=True``) and val datasets of ``config.data``: COCO json files
+    (``data.format="coco"``) or a Pascal VOC folder's ``data.train_split`` / ``data.val_split``
+    (``data.format="voc"``); generates the synthetic data first when ``data.synthetic`` is set."""
     root = os.path.expanduser(config.data.root)
     if config.data.synthetic:
         from jaxdet.data.synthetic import generate_synthetic_coco
 
         generate_synthetic_coco(root, **dict(config.data.synthetic_args))
+    if config.data.format == "voc":  # Pascal VOC XML folder: data.root holds Annotations/, JPEGImages/, ImageSets/
+        from jaxdet.data.voc import VOC_CLASSES, load_voc
+
+        classes = tuple(config.data.voc_classes) or VOC_CLASSES
+        train_ds = load_voc(root, config.data.train_split, skip_empty=True, class_names=classes) if train else None
+        return train_ds, load_voc(root, config.data.val_split, skip_empty=False, class_names=classes)
+    if config.data.format != "coco":
+        raise ValueError(f"data.format must be 'coco' or 'voc', got {config.data.format!r}")
     train_ds = None
     if train:
         train_ds = load_coco(os.path.join(root, config.data.train_json), os.path.join(root, config.data.train_images),

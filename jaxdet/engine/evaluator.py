@@ -47,8 +47,13 @@ def inference_on_dataset(predict_step, variables, dataset: CocoDataset, config, 
     parallel.check_batch_size(batch_size, mesh, "test.ims_per_batch")
     if config.test.max_images and config.test.max_images < len(dataset):
         dataset = dataclasses.replace(dataset, records=dataset.records[:config.test.max_images])
-    evaluator = COCOEvaluator(dataset.coco, dataset.category_ids, dataset.class_names, "bbox", output_dir,
-                              gt_name=str(dataset.json_path))
+    if config.data.format == "voc":  # VOC AP (11-point or area), difficult objects ignored
+        from jaxdet.evaluation.voc import VOCEvaluator
+
+        evaluator = VOCEvaluator(dataset, use_07_metric=config.test.voc_07_metric, output_dir=output_dir)
+    else:
+        evaluator = COCOEvaluator(dataset.coco, dataset.category_ids, dataset.class_names, "bbox", output_dir,
+                                  gt_name=str(dataset.json_path))
     kwargs = dict(batch_size=batch_size, canvases=config.input.canvases, min_size_test=config.input.min_size_test,
                   max_size_test=config.input.max_size_test)
     num_batches = len(eval_batches(dataset, **kwargs))

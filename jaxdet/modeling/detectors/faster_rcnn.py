@@ -59,8 +59,12 @@ class FasterRCNN(nn.Module):
     def setup(self):
         num_anchors = len(self.aspect_ratios) * len(self.anchor_sizes[0])
         self.rpn_head = rpn_lib.RPNHead(num_anchors=num_anchors, dtype=self.dtype)
-        self.box_head = roi_lib.FastRCNNHead(num_classes=self.num_classes, fc_dim=self.roi_heads.fc_dim,
-                                             dtype=self.dtype)
+        self.box_head = self.make_box_head()
+
+    def make_box_head(self) -> nn.Module:
+        """The box head: pooled RoI features [B, R, S, S, C] -> (class logits [B, R, C+1], deltas
+        [B, R, C+1, 4]). Override in a subclass to try another head (see scripts/custom_box_head.py)."""
+        return roi_lib.FastRCNNHead(num_classes=self.num_classes, fc_dim=self.roi_heads.fc_dim, dtype=self.dtype)
 
     def extract_features(self, batch: dict, train: bool) -> dict[str, jax.Array]:
         """Normalise the canvas and run backbone + FPN. Returns ``{"P2": [B, H/4, W/4, C], ...}``."""
