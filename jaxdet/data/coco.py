@@ -12,10 +12,19 @@ Cleaning policies (each counted in ``CocoDataset.stats`` and logged once with `l
 ``nonfinite_boxes``         a bbox with a NaN/inf coordinate is dropped
 ``clipped_boxes``           a bbox reaching outside the image is clipped to ``[0, W] x [0, H]``
 ``degenerate_boxes``        a bbox whose width or height is < 1 px after clipping is dropped
+``invalid_polygons``        a polygon of a ``segmentation`` list with fewer than 3 points, an odd number of
+                            coordinates or a NaN/inf/non-number coordinate is removed from the list
+``invalid_segmentations``   an annotation whose polygon list is non-empty but has no valid polygon left is
+                            dropped, box included (detectron2's ``load_coco_json`` drops these instances
+                            too); ``segmentation: []`` (none given) keeps the box
 ``skipped_empty_images``    with ``skip_empty=True`` (training), images without any remaining non-crowd
                             instance are dropped, as detectron2's
                             ``filter_images_with_only_crowd_annotations`` (evaluation keeps every image)
 ==========================  =========================================================================
+
+Self-intersecting polygons are kept as they are (pycocotools rasterises them with its scanline fill; the
+box comes from ``bbox``). RLE segmentations (crowd regions) are not checked. The cleaning only shapes the
+training records; evaluation scores against the unmodified json.
 
 Crowd annotations (``iscrowd=1``) are kept with ``is_crowd=True``; the model ignores them in matching.
 
@@ -112,6 +121,16 @@ def _read_json(json_path: str) -> dict:
     return data
 
 
+def _valid_polygon(poly) -> bool:
+    """A COCO polygon ``[x0, y0, x1, y1, ...]`` with >= 3 points and finite numeric coordinates."""
+    if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+        return False
+    try:
+        return all(math.isfinite(float(v)) for v in poly)
+    except (TypeError, ValueError):
+        return False
+
+
 def _make_coco(data: dict):
     from pycocotools.coco import COCO  # imported lazily: pycocotools prints on construction
 
@@ -185,7 +204,8 @@ def load_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *, ski
             f"{shown}{' ...' if len(missing) > _MAX_MISSING_LISTED else ''}")
 
     stats = dict(num_images_json=len(images), num_annotations_json=len(data["annotations"]),
-                 nonfinite_boxes=0, clipped_boxes=0, degenerate_boxes=0, skipped_empty_images=0)
+                 nonfinite_boxes=0, clipped_boxes=0, degenerate_boxes=0, invalid_polygons=0,
+                 invalid_segmentations=0, skipped_empty_images=0)
 
     per_image: dict[int, list] = {iid: [] for iid in images}
     for ann in data["annotations"]:
@@ -218,6 +238,16 @@ def load_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *, ski
         if cx2 - cx1 < 1.0 or cy2 - cy1 < 1.0:
             stats["degenerate_boxes"] += 1
             continue
+        seg = ann.get("segmentation")
+        if isinstance(seg, list) and seg:
+            polygons = [p for p in seg if _valid_polygon(p)]
+            if not polygons:
+                stats["invalid_polygons"] += len(seg)
+                stats["invalid_segmentations"] += 1
+                continue
+            if len(polygons) != len(seg):
+                stats["invalid_polygons"] += len(seg) - len(polygons)
+                ann = {**ann, "segmentation": polygons}
         per_image[iid].append((ann, (cx1, cy1, cx2, cy2), cat_to_class[cid]))
 
     records = []
@@ -245,6 +275,8 @@ def load_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *, ski
 
     for key, what in (("nonfinite_boxes", "annotations with a NaN/inf bbox dropped"),
                       ("degenerate_boxes", "annotations with a box narrower or shorter than 1 px dropped"),
+                      ("invalid_polygons", "polygons with < 3 points or a non-finite coordinate removed"),
+                      ("invalid_segmentations", "annotations without a valid polygon dropped"),
                       ("clipped_boxes", "boxes clipped to their image"),
                       ("skipped_empty_images", "images without a non-crowd instance skipped")):
         if stats[key]:

@@ -23,11 +23,22 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
                     mesh: Mesh, skip_nonfinite: bool = False) -> Callable[[TrainState, dict], tuple]:
     """Builds ``train_step(state, batch) -> (state, metrics)``, jitted with the mesh's shardings.
 
-    The step's randomness is ``fold_in(state.rng, state.step)``. The update is applied only when the total
-    loss is finite; otherwise the state is returned unchanged except for ``step`` (``skip_nonfinite``)
-    or entirely unchanged (the caller then stops). ``metrics`` holds every loss term, ``loss_total``,
-    ``lr``, ``grad_norm``, ``finite`` (bool) and ``step`` (the iteration the metrics belong to).
-    The state argument is donated.
+    The step's randomness is ``fold_in(state.rng, state.step)``, so the step is a pure function of the
+    state and the batch (and a resumed run repeats it exactly). The update is applied only when the total
+    loss and the global gradient norm are finite; otherwise the state is returned unchanged except for
+    ``step`` (``skip_nonfinite``: the step is skipped) or entirely unchanged (the caller then stops).
+
+    Args:
+      model: the detector (see the module docstring).
+      tx: the optimizer; schedule: its learning rate as a function of the step (logged as ``lr``).
+      mesh: the device mesh (state replicated, batch split over ``data``).
+      skip_nonfinite: advance ``step`` past a non-finite step (``solver.nan_policy="skip"``).
+
+    Returns:
+      ``train_step(state, batch) -> (state, metrics)``; ``metrics`` holds every loss term (float32
+      scalars), ``loss_total``, ``lr``, ``grad_norm`` (global L2 norm of the gradients), ``finite`` (bool
+      scalar) and ``step`` (int32, the 0-based index of the step the metrics belong to). The state
+      argument is donated.
     """
     mutable = [c for c in ("batch_stats",)]
 
@@ -44,7 +55,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         upd, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, upd)
         model_state = {**state.model_state, **updates}
-        finite = jnp.isfinite(total)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         new_state = state.replace(
             step=state.step + (1 if skip_nonfinite else finite.astype(jnp.int32)),
@@ -53,7 +65,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
             opt_state=keep(opt_state, state.opt_state),
         )
         metrics = dict(terms)
-        metrics.update(loss_total=total, lr=schedule(state.step), grad_norm=optax.tree.norm(grads), finite=finite,
+        metrics.update(loss_total=total, lr=schedule(state.step), grad_norm=grad_norm, finite=finite,
                        step=state.step)
         return new_state, metrics
 
@@ -62,7 +74,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
 
 
 def make_predict_step(model: nn.Module, mesh: Mesh) -> Callable[[dict, dict], dict]:
-    """Builds ``predict_step(variables, batch) -> detections`` (sharded over the batch), jitted."""
+    """Builds ``predict_step(variables, batch) -> detections``, jitted, the batch split over the mesh.
+
+    ``batch`` needs ``image`` uint8 [B, H, W, 3] and ``image_size`` int32 [B, 2]; the detections are the
+    model's inference outputs (DESIGN.md section 2: ``boxes`` [B, D, 4] xyxy in canvas pixels, ``scores``
+    [B, D], ``classes`` [B, D], ``valid`` [B, D]), sharded over the batch like the input.
+    """
 
     def predict_step(variables, batch):
         return model.apply(variables, batch, train=False)
