@@ -103,12 +103,7 @@ def _rss_mb() -> float:
 def _move_aside(path: str) -> None:
     """Renames an earlier run's checkpoint folder ``path`` to ``path.previous-<time>`` (a fresh start)."""
     if jax.process_index() == 0 and os.path.isdir(path) and os.listdir(path):
-        dst = base = f"{path}.previous-{time.strftime('%Y%m%d-%H%M%S')}"
-        n = 1
-        while os.path.exists(dst):
-            n += 1
-            dst = f"{base}-{n}"
-        os.rename(path, dst)
+        dst = ckpt_lib.rename_aside(path, f".previous-{time.strftime('%Y%m%d-%H%M%S')}")
         log.warning("starting over (--no-resume): moved the earlier checkpoints %s to %s", path, dst)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils

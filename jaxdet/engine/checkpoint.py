@@ -266,12 +266,8 @@ class Checkpointer:
     def _set_aside(self, steps: list[int]) -> None:
         if jax.process_index() == 0:
             for s in steps:
-                src, dst, n = self.step_dir(s), self.step_dir(s) + ".damaged", 1
-                while os.path.exists(dst):
-                    n += 1
-                    dst = f"{self.step_dir(s)}.damaged{n}"
-                os.rename(src, dst)
-                log.warning("moved the damaged checkpoint %s to %s", src, dst)
+                dst = rename_aside(self.step_dir(s), ".damaged")
+                log.warning("moved the damaged checkpoint %s to %s", self.step_dir(s), dst)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -347,6 +343,17 @@ class BestCheckpointer:
     def close(self) -> None:
         """Waits for a pending save and releases the manager."""
         self._mngr.close()
+
+
+def rename_aside(path: str, suffix: str) -> str:
+    """Renames ``path`` to ``path + suffix`` (``-2``, ``-3``, ... appended if taken); returns the new name."""
+    dst = base = path + suffix
+    n = 1
+    while os.path.exists(dst):
+        n += 1
+        dst = f"{base}-{n}"
+    os.rename(path, dst)
+    return dst
 
 
 def save_variables(directory: str, variables: dict, meta: dict, step: int = 0) -> str:

@@ -1,6 +1,5 @@
 """jaxdet.ops.nms against torchvision.ops.nms / batched_nms."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
