@@ -146,6 +146,7 @@ def convert_fasterrcnn_resnet50_fpn(
     class_names: Optional[Sequence[str]] = None,
     norm_eps: float = 0.0,
     source: str = "<state_dict>",
+    progress: bool = False,
 ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Converts a torchvision ``fasterrcnn_resnet50_fpn`` (v1) state_dict to jaxdet ``FasterRCNN`` variables.
 
@@ -162,6 +163,7 @@ def convert_fasterrcnn_resnet50_fpn(
       norm_eps: FrozenBN epsilon the weights need, recorded in the meta: 0.0 for torchvision's published
         COCO weights, 1e-5 for a model built with ``weights=None`` (``BatchNorm2d`` in eval mode).
       source: name of the file (or description) used in error messages and ``meta["source"]``.
+      progress: show a tqdm bar (with ETA) over the backbone tensors.
 
     Returns:
       ``(variables, meta)``. ``variables`` = ``{"params": {"backbone", "neck", "rpn_head", "box_head"},
@@ -190,7 +192,7 @@ def convert_fasterrcnn_resnet50_fpn(
     check_keys(expected_heads, heads_given | set(stray_body), source)
 
     # ---- backbone and FPN (strict on their own prefixes)
-    body = convert_torchvision_resnet(sd, depth=50, prefix="backbone.body.", source=source)
+    body = convert_torchvision_resnet(sd, depth=50, prefix="backbone.body.", source=source, progress=progress)
     fpn = convert_torchvision_fpn(sd, prefix="backbone.fpn.", source=source)["params"]
     want_fpn = {f"{t}_{i}" for t in ("inner", "layer") for i in range(4)}
     if set(fpn) != want_fpn:
@@ -352,7 +354,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     output = check_output_dir(args.output)  # before the (slow) conversion
     sd = load_torchvision_state_dict(args.weights)
     variables, meta = convert_fasterrcnn_resnet50_fpn(sd, category_ids=ids, class_names=names,
-                                                      norm_eps=args.norm_eps, source=os.fspath(args.weights))
+                                                      norm_eps=args.norm_eps, source=os.fspath(args.weights),
+                                                      progress=True)
     from jaxdet.engine.checkpoint import save_variables  # noqa: PLC0415 - keeps `--help` fast
 
     path = save_variables(output, variables, meta)

@@ -41,6 +41,7 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageFilter
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +292,7 @@ def generate_synthetic_coco(root: str | os.PathLike, *, num_train: int = 512, nu
     for (folder, split, first_id), count in zip(_SPLITS, (num_train, num_val)):
         (root / folder).mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
-        for i in range(count):
+        for i in tqdm(range(count), desc=f"synthetic {folder}", unit="img", leave=False, mininterval=1.0):
             rng = np.random.default_rng([int(seed), split, i])
             h, w = int(rng.integers(hr[0], hr[1] + 1)), int(rng.integers(wr[0], wr[1] + 1))
             pixels, anns = _make_image(rng, h, w, max_objects, tuple(object_size))
