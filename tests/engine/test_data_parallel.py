@@ -62,4 +62,5 @@ def test_eight_devices_match_one(coco128_root, tmp_path):
                JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(coco128_root), str(tmp_path)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
+    print(proc.stdout)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-5000:]
