@@ -10,7 +10,8 @@ Method (what is timed, what is not):
 * Inference, batch 1, at ``input.min_size_test``/``max_size_test``: the time from the file name to COCO
   result dicts in original-image pixels -- decode, resize, pad (host), the jitted model (device), and
   ``detections_to_coco`` (host). The median over ``--num-images`` images after ``--warmup`` images per canvas.
-  Compilation is excluded from it and reported on its own (ahead-of-time ``lower().compile()``).
+  Compilation is excluded from it and reported on its own (ahead-of-time ``lower().compile()``: tracing,
+  lowering and XLA compilation together).
 * Training, batch ``--train-batch`` (2): the median seconds of one jitted train step (data already on the
   device, the result waited for) over ``--train-iters`` iterations after one warm-up iteration; the
   loader is measured separately (``loader_images_per_s``: the grain pipeline alone, images/second).
@@ -148,7 +149,7 @@ class JaxdetRunner:
                 batches.append(parallel.shard_batch(b, self.mesh))
             if len(batches) == iters + 1:
                 break
-        t0 = time.perf_counter()
+        t0 = time.perf_counter()  # tracing + lowering + XLA compilation
         compiled = step.lower(state, batches[0]).compile()
         self.compile_s["train"] = time.perf_counter() - t0
         self.flops["train"] = _flops(compiled)
