@@ -112,6 +112,7 @@ class JaxdetRunner:
                             channel_order=c.format)
 
     def canvas_of(self, record) -> int:
+        """Index into ``input.canvases`` of the canvas the record's test-time resize lands in."""
         c = self.config.input
         return choose_canvas(*resized_size(record["height"], record["width"], c.min_size_test, c.max_size_test),
                              c.canvases)
@@ -201,6 +202,7 @@ class TorchvisionRunner:
         return convert_fasterrcnn_resnet50_fpn(sd, category_ids=None, norm_eps=0.0, source="benchmark model")
 
     def infer(self, path):
+        """File -> torchvision's detections (its own transform and post-processing), numpy dict."""
         from PIL import Image
 
         img = np.asarray(Image.open(path).convert("RGB"))
@@ -210,6 +212,7 @@ class TorchvisionRunner:
         return {k: v.numpy() for k, v in out.items()}
 
     def train_seconds(self, dataset, batch_size: int, iters: int, config) -> float:
+        """Median seconds of one SGD step at ``input.min_size_train`` after one warm-up step."""
         from PIL import Image
 
         torch = self.torch
@@ -306,6 +309,7 @@ def _child_peak_memory(argv: list[str], which: str) -> float:
 
 
 def print_table(res: dict) -> None:
+    """Prints the results as a table (frameworks side by side, with the ratio)."""
     keys = ("inference_s_per_image", "train_s_per_iter", "peak_rss_mb")
     cols = [k for k in ("jaxdet", "torchvision") if k in res]
     print(f"{'':28}" + "".join(f"{c:>14}" for c in cols) + ("   jaxdet/torchvision" if len(cols) == 2 else ""))
@@ -322,6 +326,7 @@ def print_table(res: dict) -> None:
 
 
 def define_flags():
+    """The command-line flags (defined only when run as a program)."""
     config_flags.DEFINE_config_file("config", None, "Config file (get_config()).", lock_config=True)
     flags.DEFINE_enum("compare", None, ["torchvision"], "Also benchmark the reference implementation.")
     flags.DEFINE_enum("only", None, ["jaxdet", "torchvision"], "Benchmark one framework (peak memory).")

@@ -47,6 +47,7 @@ class MetricWriter:
             self._jsonl = open(os.path.join(output_dir, "metrics.jsonl"), "a")
 
     def write(self, step: int, metrics: dict, prefix: str = "") -> None:
+        """One JSON line ``{"iteration": step, prefix + key: value, ...}`` and the finite values to TensorBoard."""
         if not self.enabled:
             return
         flat = _flatten(metrics, prefix)
@@ -61,6 +62,7 @@ class MetricWriter:
         self._tb.flush()
 
     def close(self) -> None:
+        """Flushes and closes both writers."""
         if self.enabled:
             self._tb.close()
             self._jsonl.close()
