@@ -6,53 +6,29 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from jaxdet.modeling.backbones.fpn import FPN
-from jaxdet.modeling.backbones.resnet import ResNet, resnet_trainable_mask
+from jaxdet.modeling.backbones.resnet import resnet_trainable_mask
+from jaxdet.modeling.components import rcnn_kwargs
 from jaxdet.modeling.detectors.faster_rcnn import FasterRCNN
-from jaxdet.modeling.heads.roi_heads import RoIHeadsConfig
-from jaxdet.modeling.heads.rpn import RPNConfig
-
-
-def _dtype(name: str):
-    try:
-        return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
-    except KeyError:
-        raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {name!r}") from None
-
-
-def _fields(cls, cfg) -> dict:
-    """The config entries that are fields of the dataclass ``cls`` (tuples kept as tuples)."""
-    names = cls.__dataclass_fields__.keys()
-    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in names}
-
-
-def build_resnet(bcfg, dtype) -> ResNet:
-    """``config.model.backbone`` -> :class:`ResNet` returning C2..C5."""
-    return ResNet(depth=bcfg.depth, groups=bcfg.groups, width_per_group=bcfg.width_per_group,
-                  stride_in_1x1=bcfg.stride_in_1x1, norm=bcfg.norm, norm_eps=bcfg.norm_eps,
-                  freeze_at=bcfg.freeze_at, width_multiplier=bcfg.width_multiplier, dtype=dtype)
+from jaxdet.modeling.detectors.fcos import build_fcos
+from jaxdet.modeling.detectors.keypoint_rcnn import build_keypoint_rcnn
+from jaxdet.modeling.detectors.mask_rcnn import build_mask_rcnn
+from jaxdet.modeling.detectors.retinanet import build_retinanet
 
 
 def build_faster_rcnn(mcfg, num_classes: int) -> FasterRCNN:
     """``config.model`` (see ``configs/faster_rcnn.py``) -> :class:`FasterRCNN`."""
-    dtype = _dtype(mcfg.dtype)
-    return FasterRCNN(
-        backbone=build_resnet(mcfg.backbone, dtype),
-        neck=FPN(out_channels=mcfg.fpn.out_channels, top_block="maxpool", dtype=dtype),
-        num_classes=num_classes,
-        anchor_sizes=tuple(tuple(s) for s in mcfg.anchor.sizes),
-        aspect_ratios=tuple(mcfg.anchor.aspect_ratios),
-        rpn=RPNConfig(**_fields(RPNConfig, mcfg.rpn)),
-        roi_heads=RoIHeadsConfig(**_fields(RoIHeadsConfig, mcfg.roi_heads)),
-        pixel_mean=tuple(mcfg.pixel_mean),
-        pixel_std=tuple(mcfg.pixel_std),
-        dtype=dtype,
-    )
+    return FasterRCNN(**rcnn_kwargs(mcfg, num_classes))
 
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {"FasterRCNN": build_faster_rcnn}
+#: ``config.model.meta_architecture`` -> builder ``(config.model, num_classes) -> module``.
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "FasterRCNN": build_faster_rcnn,
+    "MaskRCNN": build_mask_rcnn,
+    "KeypointRCNN": build_keypoint_rcnn,
+    "RetinaNet": build_retinanet,
+    "FCOS": build_fcos,
+}
 
 
 def build_detector(model_config, num_classes: int) -> nn.Module:

@@ -60,6 +60,10 @@ class FasterRCNN(nn.Module):
         num_anchors = len(self.aspect_ratios) * len(self.anchor_sizes[0])
         self.rpn_head = rpn_lib.RPNHead(num_anchors=num_anchors, dtype=self.dtype)
         self.box_head = self.make_box_head()
+        self.setup_branches()
+
+    def setup_branches(self) -> None:
+        """Creates the extra RoI branches of a subclass (mask head, keypoint head); none here."""
 
     def make_box_head(self) -> nn.Module:
         """The box head: pooled RoI features [B, R, S, S, C] -> (class logits [B, R, C+1], deltas
@@ -94,6 +98,32 @@ class FasterRCNN(nn.Module):
         self.rpn_head([features[k] for k in RPN_LEVELS])
         s = self.roi_heads.pooler_resolution
         self.box_head(jnp.zeros((batch["image"].shape[0], 1, s, s, features["P2"].shape[-1]), self.dtype))
+        self.initialize_branches(features)
+
+    def initialize_branches(self, features: dict[str, jax.Array]) -> None:
+        """Runs each extra RoI branch once on dummy RoIs so its variables exist (see :meth:`initialize`)."""
+
+    def branch_losses(self, features: dict[str, jax.Array], samples: dict[str, jax.Array], batch: dict,
+                      canvas_hw: tuple[int, int]) -> dict[str, jax.Array]:
+        """Losses of the extra RoI branches (mask, keypoint) on the sampled training RoIs.
+
+        Args:
+          features: ``{"P2": [B, H/4, W/4, C], ...}``.
+          samples: output of :func:`~jaxdet.modeling.heads.roi_heads.sample_rois` vmapped over the batch:
+            ``rois`` [B, S, 4], ``labels`` [B, S] (0 background, c + 1 foreground), ``matched_idxs`` [B, S]
+            int32 (ground-truth slot of each RoI), ``valid`` [B, S]; positives come first, at most
+            ``roi_heads.num_positives`` of them.
+          batch: the training batch (``gt_masks``, ``gt_keypoints`` ... as DESIGN.md section 2).
+        Returns:
+          a dict of scalar losses (none here).
+        """
+        return {}
+
+    def branch_outputs(self, features: dict[str, jax.Array], detections: dict[str, jax.Array],
+                       canvas_hw: tuple[int, int]) -> dict[str, jax.Array]:
+        """Extra inference outputs (``masks`` [B, D, 28, 28], ``keypoints`` [B, D, K, 3] ...) for the final
+        detections (``boxes`` [B, D, 4] canvas pixels, ``classes``, ``valid``); none here."""
+        return {}
 
     def __call__(self, batch: dict, train: bool = False) -> dict[str, jax.Array]:
         canvas_hw = tuple(batch["image"].shape[1:3])
@@ -117,10 +147,14 @@ class FasterRCNN(nn.Module):
         cls_logits, box_deltas = self.box_head(self.pool(features, samples["rois"], canvas_hw))
         out.update(roi_lib.fast_rcnn_losses(cls_logits, box_deltas, samples["labels"],
                                             samples["regression_targets"], samples["valid"], self.roi_heads))
+        out.update(self.branch_losses(features, samples, batch, canvas_hw))
         return out
 
     def detect(self, features, proposals, prop_valid, image_size, canvas_hw) -> dict[str, jax.Array]:
         """Box head + post-processing on given proposals [B, P, 4] -> detections (see class docstring)."""
         cls_logits, box_deltas = self.box_head(self.pool(features, proposals, canvas_hw))
-        return jax.vmap(lambda l, d, p, v, s: roi_lib.postprocess_detections(l, d, p, v, s, self.roi_heads))(
+        detections = jax.vmap(
+            lambda l, d, p, v, s: roi_lib.postprocess_detections(l, d, p, v, s, self.roi_heads))(
             cls_logits, box_deltas, proposals, prop_valid, image_size)
+        detections.update(self.branch_outputs(features, detections, canvas_hw))
+        return detections

@@ -42,6 +42,11 @@ class RoIHeadsConfig:
     detections_per_image: int = 100
     topk_candidates_test: int = 2000
 
+    @property
+    def num_positives(self) -> int:
+        """The most positive RoIs :func:`sample_rois` returns per image (they come first)."""
+        return int(self.batch_size_per_image * self.positive_fraction)
+
 
 class FastRCNNHead(nn.Module):
     """TwoMLPHead (flatten, fc6, ReLU, fc7, ReLU) + FastRCNNPredictor (class logits, class-specific deltas).
@@ -88,7 +93,9 @@ def sample_rois(proposals: jax.Array, proposals_valid: jax.Array, gt_boxes: jax.
 
     Returns:
       dict with ``rois`` [S, 4], ``labels`` [S] int32 (0 background, c + 1 foreground), ``regression_targets``
-      [S, 4], ``valid`` [S] bool, with S = ``batch_size_per_image``.
+      [S, 4], ``matched_idxs`` [S] int32 (the ground-truth slot each RoI is matched to; meaningful for
+      positives), ``valid`` [S] bool, with S = ``batch_size_per_image``. Positives come first (at most
+      ``cfg.num_positives``).
     """
     cand = jnp.concatenate([proposals, gt_boxes], axis=0)
     cand_valid = jnp.concatenate([proposals_valid, gt_valid], axis=0)
@@ -101,7 +108,8 @@ def sample_rois(proposals: jax.Array, proposals_valid: jax.Array, gt_boxes: jax.
     matched = idx[sel]
     labels = jnp.where(is_pos & valid, gt_classes[matched] + 1, 0).astype(jnp.int32)
     targets = encode_boxes(gt_boxes[matched], rois, cfg.bbox_reg_weights)
-    return {"rois": rois, "labels": labels, "regression_targets": targets, "valid": valid}
+    return {"rois": rois, "labels": labels, "regression_targets": targets, "matched_idxs": matched.astype(jnp.int32),
+            "valid": valid}
 
 
 def fast_rcnn_losses(logits: jax.Array, deltas: jax.Array, labels: jax.Array, targets: jax.Array,
