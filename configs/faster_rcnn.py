@@ -33,6 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.num_workers = 2            # grain worker processes (0 = in the main process)
     c.data.prefetch = 2               # batches prefetched to the devices
     c.data.max_instances = 100        # ground truth padded to this many objects per image
+    c.data.mask_size = 0              # > 0: gt_masks of this size (box-cropped masks, Mask R-CNN: 112)
+    c.data.num_keypoints = 0          # > 0: gt_keypoints (Keypoint R-CNN; must match the annotation file)
 
     # ---------------------------------------------------------------- input transforms
     c.input = ml_collections.ConfigDict()

@@ -38,7 +38,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from jaxdet.data.pipeline import make_train_iterator
+from jaxdet.data.pipeline import instance_target_args, make_train_iterator
 from jaxdet.engine import checkpoint as ckpt_lib
 from jaxdet.engine import parallel
 from jaxdet.engine.bootstrap import init_variables, load_datasets, load_initial_weights, model_meta
@@ -185,7 +185,7 @@ def train(config, resume: bool = True) -> dict:
         max_instances=config.data.max_instances, seed=config.seed, start_step=start,
         num_steps=max(max_iter - start, 0), process_index=jax.process_index(), process_count=jax.process_count(),
         num_workers=config.data.num_workers, prefetch=config.data.prefetch, channel_order=config.input.format,
-        flip_prob=config.input.random_flip)
+        flip_prob=config.input.random_flip, **instance_target_args(config, train_ds))
 
     window: list[dict] = []
     t_window, t_compile = time.perf_counter(), None

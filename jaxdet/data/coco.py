@@ -63,7 +63,9 @@ class CocoDataset:
         as declared in the json), ``boxes`` float32 [n, 4] xyxy in original-image pixels (clipped to the
         image), ``classes`` int32 [n] contiguous ids in ``0..C-1``, ``is_crowd`` bool [n],
         ``segmentations`` (list of n COCO polygons ``[[x0, y0, x1, y1, ...], ...]`` or RLE dicts, as in the
-        json, for Mask R-CNN) and ``ann_ids`` int64 [n] (the json annotation ids).
+        json, for Mask R-CNN) and ``ann_ids`` int64 [n] (the json annotation ids); in a keypoint dataset also
+        ``keypoints`` float32 [n, K, 3] (x, y, visibility in original pixels; zeros where an annotation has
+        none).
       category_ids: contiguous class id -> dataset category id (sorted ascending).
       class_names: contiguous class id -> category name.
       json_path: absolute path of the annotation file.
@@ -72,6 +74,9 @@ class CocoDataset:
       name: a short name (defaults to the json file's stem, e.g. ``instances_val2017``).
       stats: counts of the cleaning policies, see the module docstring, plus ``num_images``,
         ``num_instances`` and ``num_crowd`` of the records kept.
+      keypoint_names: the ``keypoints`` names of the categories (COCO person_keypoints: 17); () if none.
+      keypoint_oks_sigmas: per-keypoint OKS sigmas from a category's optional ``kpt_oks_sigmas`` entry (a
+        jaxdet extension for non-person keypoints); None means COCO's person sigmas.
     """
 
     records: list[dict[str, Any]] = dataclasses.field(repr=False)
@@ -82,6 +87,13 @@ class CocoDataset:
     coco: Any = dataclasses.field(repr=False)
     name: str
     stats: dict[str, int]
+    keypoint_names: tuple = ()
+    keypoint_oks_sigmas: tuple | None = None
+
+    @property
+    def num_keypoints(self) -> int:
+        """K, the keypoints per instance declared by the categories (0: not a keypoint dataset)."""
+        return len(self.keypoint_names)
 
     @property
     def num_classes(self) -> int:
@@ -131,6 +143,41 @@ def _valid_polygon(poly) -> bool:
         return False
 
 
+def _keypoint_schema(categories: list, json_path: str) -> tuple[tuple, tuple | None]:
+    """(keypoint names, OKS sigmas or None) declared by the categories; every category that declares
+    keypoints must declare the same list."""
+    declared = {tuple(c["keypoints"]) for c in categories if isinstance(c, dict) and c.get("keypoints")}
+    if len(declared) > 1:
+        raise ValueError(f"{json_path}: categories declare different keypoint lists {sorted(declared)}")
+    names = next(iter(declared)) if declared else ()
+    sigmas = None
+    for c in categories:
+        if isinstance(c, dict) and c.get("kpt_oks_sigmas") is not None:
+            sigmas = tuple(float(v) for v in c["kpt_oks_sigmas"])
+            if len(sigmas) != len(names):
+                raise ValueError(f"{json_path}: category {c.get('id')} has {len(sigmas)} kpt_oks_sigmas for "
+                                 f"{len(names)} keypoints")
+    return names, sigmas
+
+
+def _keypoints_of(ann: dict, num_keypoints: int, json_path: str) -> np.ndarray:
+    """An annotation's ``keypoints`` [x, y, v] * K as float32 [K, 3] (zeros when absent).
+
+    Raises:
+      ValueError: a keypoints list of another length than 3 K, or a non-finite value.
+    """
+    kp = ann.get("keypoints")
+    if not kp:
+        return np.zeros((num_keypoints, 3), np.float32)
+    arr = np.asarray(kp, dtype=np.float32)
+    if arr.shape != (3 * num_keypoints,) or not np.all(np.isfinite(arr)):
+        raise ValueError(f"{json_path}: annotation {ann.get('id')} has keypoints of length {arr.size} "
+                         f"(expected 3 x {num_keypoints} finite numbers)")
+    arr = arr.reshape(num_keypoints, 3)
+    arr[arr[:, 2] <= 0] = 0.0  # unlabelled: (0, 0, 0) as COCO writes them
+    return arr
+
+
 def _make_coco(data: dict):
     from pycocotools.coco import COCO  # imported lazily: pycocotools prints on construction
 
@@ -178,6 +225,7 @@ def load_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *, ski
         cats[int(c["id"])] = str(c.get("name", c["id"]))
     category_ids = sorted(cats)
     cat_to_class = {cid: i for i, cid in enumerate(category_ids)}
+    keypoint_names, oks_sigmas = _keypoint_schema(data["categories"], json_path)
 
     # Images.
     images = {}
@@ -269,6 +317,10 @@ def load_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *, ski
             segmentations=[a.get("segmentation") for a, _, _ in anns],
             ann_ids=np.array([a.get("id", -1) for a, _, _ in anns], dtype=np.int64),
         ))
+        if keypoint_names:
+            records[-1]["keypoints"] = np.stack(
+                [_keypoints_of(a, len(keypoint_names), json_path) for a, _, _ in anns]
+            ).reshape(-1, len(keypoint_names), 3) if anns else np.zeros((0, len(keypoint_names), 3), np.float32)
     stats["num_images"] = len(records)
     stats["num_instances"] = int(sum(len(r["classes"]) for r in records))
     stats["num_crowd"] = int(sum(int(r["is_crowd"].sum()) for r in records))
@@ -286,4 +338,5 @@ def load_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *, ski
 
     return CocoDataset(records=records, category_ids=category_ids,
                        class_names=[cats[c] for c in category_ids], json_path=json_path,
-                       image_dir=image_dir, coco=_make_coco(data), name=name, stats=stats)
+                       image_dir=image_dir, coco=_make_coco(data), name=name, stats=stats,
+                       keypoint_names=keypoint_names, keypoint_oks_sigmas=oks_sigmas)

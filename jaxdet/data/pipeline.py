@@ -13,10 +13,11 @@ Batches follow the data contract of DESIGN.md §2 (numpy arrays, leading dim = t
 ``gt_classes``    [B, M] int32            contiguous class ids 0..C-1
 ``gt_valid``      [B, M] bool             padding mask of the M = ``max_instances`` slots
 ``gt_is_crowd``   [B, M] bool             crowd regions
+``gt_masks``      [B, M, S, S] uint8      only with ``mask_size=S > 0`` (Mask R-CNN): each instance's mask
+                                          inside its own box, S x S (`jaxdet.data.instances`)
+``gt_keypoints``  [B, M, K, 3] float32    only with ``keypoints=True`` (Keypoint R-CNN): x, y in canvas
+                                          pixels, COCO visibility 0/1/2; left/right swapped on flip
 ================  ======================  ================================================================
-
-(``gt_masks`` [B, M, S, S] uint8 for Mask R-CNN will be added by `load_example` from
-``record['segmentations']`` with the same kept indices, see the marked place there.)
 
 Every image of a batch shares one canvas. The canvas of an image is `choose_canvas` of its resized size
 at the largest training ``min_size`` (sizes are monotone in ``min_size``, so it fits at every scale), known
@@ -46,6 +47,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from jaxdet.data import instances as I
 from jaxdet.data import transforms as T
 from jaxdet.data.coco import CocoDataset
 
@@ -53,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "BatchPlan", "TrainPlan", "train_batches", "eval_batches", "image_canvases", "load_example",
-    "dummy_example", "collate", "make_train_iterator", "make_eval_iterator",
+    "dummy_example", "collate", "make_train_iterator", "make_eval_iterator", "instance_target_args",
 ]
 
 BATCH_KEYS = ("image", "image_size", "scale", "orig_size", "image_id", "image_valid",
@@ -245,7 +247,8 @@ def eval_batches(dataset: CocoDataset, batch_size: int, canvases, min_size_test:
 
 
 def load_example(record: dict[str, Any], *, canvas_hw: Sequence[int], min_size: int, max_size: int, flip: bool,
-                 max_instances: int, channel_order: str = "RGB") -> dict[str, np.ndarray]:
+                 max_instances: int, channel_order: str = "RGB", mask_size: int = 0,
+                 keypoint_flip: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """Decodes, resizes, (flips), pads one record into the per-image part of the batch contract.
 
     The image is resized as torchvision's ``GeneralizedRCNNTransform`` (`transforms.resized_size`),
@@ -255,7 +258,10 @@ def load_example(record: dict[str, Any], *, canvas_hw: Sequence[int], min_size: 
     Returns:
       dict with ``image`` uint8 [H, W, 3], ``image_size`` int32 [2], ``scale`` float32 [],
       ``orig_size`` int32 [2], ``image_id`` int64 [], ``image_valid`` bool [], ``gt_boxes`` float32 [M, 4],
-      ``gt_classes`` int32 [M], ``gt_valid`` bool [M], ``gt_is_crowd`` bool [M].
+      ``gt_classes`` int32 [M], ``gt_valid`` bool [M], ``gt_is_crowd`` bool [M]; with ``mask_size`` S > 0
+      also ``gt_masks`` uint8 [M, S, S] (from ``record["segmentations"]``), with ``keypoint_flip`` (the
+      left/right permutation, `instances.keypoint_flip_indices`) also ``gt_keypoints`` float32 [M, K, 3]
+      (from ``record["keypoints"]``).
 
     Raises:
       ValueError: the image cannot be decoded, or its decoded size differs from the json's (after EXIF
@@ -275,8 +281,19 @@ def load_example(record: dict[str, Any], *, canvas_hw: Sequence[int], min_size: 
     image = T.pad_to_canvas(image, canvas_hw)
     gt_boxes, gt_classes, gt_valid, gt_crowd = T.pad_instances(boxes, record["classes"], record["is_crowd"],
                                                                max_instances)
-    # gt_masks (Mask R-CNN): rasterise record["segmentations"][T.select_instances(...)] here, crop each to
-    # its (resized, flipped) box and resize to S x S -> uint8 [M, S, S].
+    extra = {}
+    if mask_size or keypoint_flip is not None:
+        keep = T.select_instances(record["boxes"], record["is_crowd"], max_instances)  # pad_instances' rows
+        if mask_size:
+            extra["gt_masks"] = I.instance_masks(record["segmentations"], record["boxes"], keep, mask_size, (h, w),
+                                                 flip, max_instances)
+        if keypoint_flip is not None:
+            if "keypoints" not in record:
+                raise ValueError(f"{record['file_name']}: keypoints requested but the annotation file declares none")
+            kp = I.resize_keypoints(record["keypoints"], (h, w), (nh, nw))
+            if flip:
+                kp = I.hflip_keypoints(kp, nw, keypoint_flip)
+            extra["gt_keypoints"] = I.pad_rows(kp, keep, max_instances)
     return dict(
         image=image,
         image_size=np.array([nh, nw], np.int32),
@@ -284,11 +301,12 @@ def load_example(record: dict[str, Any], *, canvas_hw: Sequence[int], min_size: 
         orig_size=np.array([h, w], np.int32),
         image_id=np.int64(record["image_id"]),
         image_valid=np.bool_(True),
-        gt_boxes=gt_boxes, gt_classes=gt_classes, gt_valid=gt_valid, gt_is_crowd=gt_crowd,
+        gt_boxes=gt_boxes, gt_classes=gt_classes, gt_valid=gt_valid, gt_is_crowd=gt_crowd, **extra,
     )
 
 
-def dummy_example(canvas_hw: Sequence[int], max_instances: int) -> dict[str, np.ndarray]:
+def dummy_example(canvas_hw: Sequence[int], max_instances: int, mask_size: int = 0,
+                  num_keypoints: int = 0) -> dict[str, np.ndarray]:
     """A padding image for the last eval batch: zero canvas, ``image_valid=False``, ``image_id=-1``,
     ``image_size = orig_size =`` the canvas size and ``scale=1`` (so nothing downstream divides by 0),
     no ground truth."""
@@ -304,6 +322,8 @@ def dummy_example(canvas_hw: Sequence[int], max_instances: int) -> dict[str, np.
         gt_classes=np.zeros((max_instances,), np.int32),
         gt_valid=np.zeros((max_instances,), bool),
         gt_is_crowd=np.zeros((max_instances,), bool),
+        **({"gt_masks": np.zeros((max_instances, mask_size, mask_size), np.uint8)} if mask_size else {}),
+        **({"gt_keypoints": np.zeros((max_instances, num_keypoints, 3), np.float32)} if num_keypoints else {}),
     )
 
 
@@ -328,9 +348,10 @@ class _Slim:
     records: tuple
 
     @staticmethod
-    def of(dataset: CocoDataset) -> "_Slim":
+    def of(dataset: CocoDataset, masks: bool = False, keypoints: bool = False) -> "_Slim":
         keys = ("image_id", "file_name", "height", "width", "boxes", "classes", "is_crowd")
-        return _Slim(tuple({k: r[k] for k in keys} for r in dataset.records))
+        keys += ("segmentations",) * masks + ("keypoints",) * keypoints
+        return _Slim(tuple({k: r[k] for k in keys if k in r} for r in dataset.records))
 
 
 class _TrainSource:
@@ -373,15 +394,19 @@ class _Load:
     max_size: int
     max_instances: int
     channel_order: str
+    mask_size: int = 0
+    keypoint_flip: tuple | None = None
 
     def __call__(self, item):
         canvas_hw = self.canvases[item["canvas"]]
         if item["index"] < 0:
-            ex = dummy_example(canvas_hw, self.max_instances)
+            ex = dummy_example(canvas_hw, self.max_instances, self.mask_size,
+                               0 if self.keypoint_flip is None else len(self.keypoint_flip))
         else:
             ex = load_example(self.slim.records[item["index"]], canvas_hw=canvas_hw, min_size=item["min_size"],
                               max_size=self.max_size, flip=item["flip"], max_instances=self.max_instances,
-                              channel_order=self.channel_order)
+                              channel_order=self.channel_order, mask_size=self.mask_size,
+                              keypoint_flip=self.keypoint_flip)
         ex["step"] = np.int64(item["step"])
         return ex
 
@@ -393,6 +418,30 @@ def _rows(batch_size: int, process_index: int, process_count: int) -> range:
         raise ValueError(f"global batch size {batch_size} is not divisible by process_count={process_count}")
     local = batch_size // process_count
     return range(process_index * local, (process_index + 1) * local)
+
+
+def instance_target_args(config, dataset: CocoDataset) -> dict[str, Any]:
+    """``mask_size`` / ``keypoints`` arguments of the iterators from ``config.data.mask_size`` and
+    ``config.data.num_keypoints``.
+
+    Raises:
+      ValueError: ``data.num_keypoints`` differs from the K that ``dataset``'s categories declare.
+    """
+    k = int(config.data.get("num_keypoints", 0))
+    if k and k != dataset.num_keypoints:
+        raise ValueError(f"data.num_keypoints={k} but {dataset.json_path} declares {dataset.num_keypoints} "
+                         "keypoints per instance")
+    return {"mask_size": int(config.data.get("mask_size", 0)), "keypoints": k > 0}
+
+
+def _make_load(dataset: CocoDataset, canvases, max_size: int, max_instances: int, channel_order: str,
+               mask_size: int, keypoints: bool) -> _Load:
+    if keypoints and not dataset.num_keypoints:
+        raise ValueError(f"{dataset.json_path}: keypoints requested (Keypoint R-CNN) but no category declares "
+                         "'keypoints' (not a COCO person_keypoints file?)")
+    flip = tuple(int(i) for i in I.keypoint_flip_indices(dataset.keypoint_names)) if keypoints else None
+    return _Load(_Slim.of(dataset, masks=bool(mask_size), keypoints=keypoints), _as_canvases(canvases),
+                 int(max_size), int(max_instances), channel_order, int(mask_size), flip)
 
 
 def _iterate(source, load: _Load, local_batch: int, num_workers: int, prefetch: int,
@@ -423,8 +472,8 @@ def make_train_iterator(dataset: CocoDataset, *, batch_size: int, canvases, min_
                         max_instances: int = 100, seed: int = 0, start_step: int = 0,
                         num_steps: int | None = None, process_index: int = 0, process_count: int = 1,
                         num_workers: int = 0, prefetch: int = 2, num_threads: int = 2,
-                        channel_order: str = "RGB", flip_prob: float = 0.5,
-                        ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+                        channel_order: str = "RGB", flip_prob: float = 0.5, mask_size: int = 0,
+                        keypoints: bool = False) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """Training batches ``(step, batch)`` from ``start_step`` on (forever unless ``num_steps``).
 
     Args:
@@ -443,6 +492,8 @@ def make_train_iterator(dataset: CocoDataset, *, batch_size: int, canvases, min_
       num_threads: grain read threads per process.
       channel_order: 'RGB' or 'BGR', as the weights expect.
       flip_prob: horizontal flip probability.
+      mask_size: S > 0 adds ``gt_masks`` [B, M, S, S] (Mask R-CNN); keypoints: add ``gt_keypoints``
+        [B, M, K, 3] (Keypoint R-CNN; the dataset must declare keypoints).
 
     Yields:
       (step, batch) with the batch dict of the module docstring, leading dim B / process_count.
@@ -455,7 +506,7 @@ def make_train_iterator(dataset: CocoDataset, *, batch_size: int, canvases, min_
     plan = TrainPlan(dataset, batch_size, canvases, min_size_train, max_size_train, seed, flip_prob)
     n = _INFINITE_STEPS if num_steps is None else int(num_steps)
     source = _TrainSource(plan, int(start_step), n, rows)
-    load = _Load(_Slim.of(dataset), plan.canvases, int(max_size_train), int(max_instances), channel_order)
+    load = _make_load(dataset, plan.canvases, max_size_train, max_instances, channel_order, mask_size, keypoints)
     logger.info("train data %s: %d images, %d batches of %d per epoch, canvases %s", dataset.name, len(dataset),
                 plan.batches_per_epoch, batch_size, list(plan.canvases))
     return _iterate(source, load, len(rows), num_workers, prefetch, num_threads)
@@ -464,7 +515,8 @@ def make_train_iterator(dataset: CocoDataset, *, batch_size: int, canvases, min_
 def make_eval_iterator(dataset: CocoDataset, *, batch_size: int, canvases, min_size_test: int, max_size_test: int,
                        max_instances: int = 100, process_index: int = 0, process_count: int = 1,
                        num_workers: int = 0, prefetch: int = 2, num_threads: int = 2,
-                       channel_order: str = "RGB") -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+                       channel_order: str = "RGB", mask_size: int = 0,
+                       keypoints: bool = False) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """Evaluation batches ``(batch number, batch)``: every image once, no flip (see `eval_batches`).
 
     Arguments as `make_train_iterator`; the last batch of each canvas is padded with dummy images
@@ -473,5 +525,5 @@ def make_eval_iterator(dataset: CocoDataset, *, batch_size: int, canvases, min_s
     """
     rows = _rows(batch_size, process_index, process_count)
     plans = eval_batches(dataset, batch_size, canvases, min_size_test, max_size_test)
-    load = _Load(_Slim.of(dataset), _as_canvases(canvases), int(max_size_test), int(max_instances), channel_order)
+    load = _make_load(dataset, canvases, max_size_test, max_instances, channel_order, mask_size, keypoints)
     return _iterate(_EvalSource(plans, rows), load, len(rows), num_workers, prefetch, num_threads)
