@@ -276,10 +276,14 @@ def train(config, resume: bool = True) -> dict:
 
 
 def evaluate_and_log(predict_step, state: TrainState, dataset, config, mesh, writer, step: int, out: str) -> dict:
-    """Evaluates the current weights on ``dataset`` and logs the box AP summary (``bbox/*`` in the metrics)."""
+    """Evaluates the current weights on ``dataset`` and logs the AP summaries (``bbox/*``, and ``segm/*`` or
+    ``keypoints/*`` for Mask / Keypoint R-CNN, in the metrics)."""
     metrics = inference_on_dataset(predict_step, state.variables(), dataset, config, mesh,
                                    out if jax.process_index() == 0 else None)
-    writer.write(step, {k: v for k, v in metrics.items() if k != "per_category_AP"}, prefix="bbox/")
+    writer.write(step, {k: v for k, v in metrics.items() if not isinstance(v, dict)}, prefix="bbox/")
+    for task in ("segm", "keypoints"):
+        if task in metrics:
+            writer.write(step, {k: v for k, v in metrics[task].items() if not isinstance(v, dict)}, prefix=f"{task}/")
     log.info("iteration %d: box AP %.2f  AP50 %.2f  AP75 %.2f", step, metrics["AP"], metrics["AP50"], metrics["AP75"])
     return metrics
 

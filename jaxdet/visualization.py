@@ -24,6 +24,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from jaxdet.evaluation.masks import paste_masks  # noqa: F401 - re-exported (drawing pastes model masks)
+
 __all__ = ["COCO_PERSON_SKELETON", "class_color", "draw_instances", "paste_masks", "default_sizes"]
 
 #: COCO person keypoint skeleton (0-based keypoint index pairs), as ``person_keypoints_*.json``'s
@@ -213,57 +215,3 @@ def draw_instances(image: np.ndarray, boxes, *, classes=None, scores=None, class
     return np.asarray(pil, dtype=np.uint8)
 
 
-def paste_masks(masks, boxes, image_hw: Sequence[int], threshold: float = 0.5) -> np.ndarray:
-    """Pastes box-relative mask probabilities into full-image boolean masks (Mask R-CNN post-processing).
-
-    Matches detectron2's ``layers/mask_ops.py::_do_paste_mask`` (and torchvision's ``paste_masks_in_image`` up
-    to its one-pixel padding): the value at image pixel centre ``(x + 0.5, y + 0.5)`` is the bilinear sample of
-    the ``S x S`` mask at ``u = (x + 0.5 - x1) / (x2 - x1) * S - 0.5`` (columns, and likewise rows), with zero
-    outside the mask (``F.grid_sample(align_corners=False, padding_mode="zeros")``), then ``>= threshold``.
-
-    Args:
-      masks: float [N, S, S] (or [N, Sh, Sw]) probabilities in 0..1, each covering its box.
-      boxes: float [N, 4] xyxy in the target image's continuous pixel coordinates.
-      image_hw: (H, W) of the target image.
-      threshold: binarisation threshold.
-
-    Returns:
-      bool [N, H, W].
-
-    Raises:
-      ValueError: masks not [N, Sh, Sw], boxes not [N, 4], or a non-finite box.
-    """
-    masks = np.asarray(masks, dtype=np.float32)
-    boxes = np.asarray(boxes, dtype=np.float64)
-    if masks.ndim != 3 or boxes.ndim != 2 or boxes.shape != (masks.shape[0], 4):
-        raise ValueError(f"paste_masks: masks must be [N, S, S] and boxes [N, 4], got {masks.shape} and {boxes.shape}")
-    if not np.all(np.isfinite(boxes)):
-        raise ValueError("paste_masks: boxes must be finite")
-    H, W = int(image_hw[0]), int(image_hw[1])
-    n, sh, sw = masks.shape
-    out = np.zeros((n, H, W), bool)
-    for i in range(n):
-        x1, y1, x2, y2 = boxes[i]
-        bw, bh = max(x2 - x1, 1e-6), max(y2 - y1, 1e-6)
-        # the pixels whose sample can be non-zero: within one mask cell (plus a pixel) of the box
-        px, py = int(math.ceil(bw / sw)) + 1, int(math.ceil(bh / sh)) + 1
-        c0, c1 = max(int(math.floor(x1)) - px, 0), min(int(math.ceil(x2)) + px, W)
-        r0, r1 = max(int(math.floor(y1)) - py, 0), min(int(math.ceil(y2)) + py, H)
-        if c1 <= c0 or r1 <= r0:
-            continue
-        u = (np.arange(c0, c1) + 0.5 - x1) / bw * sw - 0.5
-        v = (np.arange(r0, r1) + 0.5 - y1) / bh * sh - 0.5
-        padded = np.pad(masks[i], 1)  # zero border: samples outside the mask fade to 0
-        u, v = u + 1.0, v + 1.0
-        u = np.clip(u, 0.0, sw + 1.0)
-        v = np.clip(v, 0.0, sh + 1.0)
-        u0 = np.minimum(np.floor(u).astype(np.int64), sw)
-        v0 = np.minimum(np.floor(v).astype(np.int64), sh)
-        fu, fv = (u - u0)[None, :], (v - v0)[:, None]
-        a = padded[np.ix_(v0, u0)]
-        b = padded[np.ix_(v0, u0 + 1)]
-        c = padded[np.ix_(v0 + 1, u0)]
-        d = padded[np.ix_(v0 + 1, u0 + 1)]
-        val = (a * (1 - fu) + b * fu) * (1 - fv) + (c * (1 - fu) + d * fu) * fv
-        out[i, r0:r1, c0:c1] = val >= threshold
-    return out

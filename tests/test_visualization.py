@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxdet.visualization import class_color, draw_instances, paste_masks
+from jaxdet.evaluation.masks import paste_masks_detectron2
+from jaxdet.visualization import class_color, draw_instances
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,7 +102,7 @@ def test_paste_masks_hand_case_and_torch_grid_sample_parity():
     import torch.nn.functional as F
 
     ones = np.ones((1, 4, 4), np.float32)
-    out = paste_masks(ones, [[2, 3, 6, 7]], (10, 10))
+    out = paste_masks_detectron2(ones, [[2, 3, 6, 7]], (10, 10))
     expected = np.zeros((10, 10), bool)
     expected[3:7, 2:6] = True
     np.testing.assert_array_equal(out[0], expected)
@@ -112,7 +113,7 @@ def test_paste_masks_hand_case_and_torch_grid_sample_parity():
                       [10, 10, 12.5, 11]])
     H, W = 60, 80
     for thr in (0.5, 0.3):
-        ours = paste_masks(masks, boxes, (H, W), thr)
+        ours = paste_masks_detectron2(masks, boxes, (H, W), thr)
         for i, (x0, y0, x1, y1) in enumerate(boxes):  # detectron2 _do_paste_mask over the whole image
             gx = (torch.arange(W, dtype=torch.float64) + 0.5 - x0) / (x1 - x0) * 2 - 1
             gy = (torch.arange(H, dtype=torch.float64) + 0.5 - y0) / (y1 - y0) * 2 - 1

@@ -1,8 +1,10 @@
-"""Run a detector over a dataset and score it with pycocotools (box AP)."""
+"""Run a detector over a dataset and score it with pycocotools: box AP, plus mask AP when the model outputs
+``masks`` and keypoint AP when it outputs ``keypoints`` (detectron2's ``COCOEvaluator`` tasks)."""
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 
 import jax
@@ -37,8 +39,10 @@ def inference_on_dataset(predict_step, variables, dataset: CocoDataset, config, 
         are dropped. Default: the dataset's own table.
 
     Returns:
-      the metrics dict of :meth:`COCOEvaluator.evaluate` (AP, AP50, ..., per_category_AP) plus
-      ``inference_s_per_image``.
+      the box metrics of :meth:`COCOEvaluator.evaluate` (AP, AP50, ..., per_category_AP) plus
+      ``inference_s_per_image``; for a model with ``masks`` also ``"segm"``: the mask metrics (files in
+      ``output_dir/segm``), with ``keypoints`` also ``"keypoints"``: the keypoint metrics (OKS with the
+      dataset's ``keypoint_oks_sigmas`` or COCO's person sigmas; files in ``output_dir/keypoints``).
 
     Raises:
       ValueError: ``test.ims_per_batch`` does not divide over the devices.
@@ -65,17 +69,32 @@ def inference_on_dataset(predict_step, variables, dataset: CocoDataset, config, 
     dropped = [0]
     t0, n_images = time.perf_counter(), 0
     pending = None
+    evaluators = {"bbox": evaluator}
+
+    def task_evaluator(iou_type: str):
+        if iou_type not in evaluators:
+            sub = None if output_dir is None else os.path.join(output_dir, iou_type)
+            sigmas = dataset.keypoint_oks_sigmas if iou_type == "keypoints" else None
+            evaluators[iou_type] = COCOEvaluator(dataset.coco, dataset.category_ids, dataset.class_names, iou_type,
+                                                 sub, gt_name=str(dataset.json_path), kpt_oks_sigmas=sigmas)
+        return evaluators[iou_type]
 
     def consume(host_batch, out):
         out = jax.device_get(out)
         results = detections_to_coco(host_batch["image_id"], out["boxes"], out["scores"], out["classes"],
                                      out["valid"], host_batch["scale"], host_batch["orig_size"], model_ids,
-                                     host_batch["image_valid"], image_size=host_batch["image_size"])
+                                     host_batch["image_valid"], image_size=host_batch["image_size"],
+                                     masks=out.get("masks"), keypoints=out.get("keypoints"))
         if len(known) != len(model_ids):
             kept = [r for r in results if r["category_id"] in known]
             dropped[0] += len(results) - len(kept)
             results = kept
-        evaluator.add(results, image_ids=host_batch["image_id"][host_batch["image_valid"]])
+        ids = host_batch["image_id"][host_batch["image_valid"]]
+        evaluator.add([{k: v for k, v in r.items() if k in ("image_id", "category_id", "bbox", "score")}
+                       for r in results], image_ids=ids)
+        for key, iou_type in (("masks", "segm"), ("keypoints", "keypoints")):
+            if key in out and config.data.format != "voc":
+                task_evaluator(iou_type).add(results, image_ids=ids)
 
     for _, batch in tqdm(it, total=num_batches, desc="eval", unit="batch", leave=False):
         out = predict_step(variables, parallel.shard_batch({k: batch[k] for k in _MODEL_KEYS}, mesh))
@@ -89,6 +108,11 @@ def inference_on_dataset(predict_step, variables, dataset: CocoDataset, config, 
     if dropped[0]:
         log.info("%d detections of categories absent from %s dropped", dropped[0], dataset.json_path)
     metrics = evaluator.evaluate()
+    for iou_type, ev in evaluators.items():
+        if iou_type != "bbox":
+            metrics[iou_type] = ev.evaluate()
+            log.info("%s AP %.2f  AP50 %.2f  AP75 %.2f", iou_type, metrics[iou_type]["AP"], metrics[iou_type]["AP50"],
+                     metrics[iou_type]["AP75"])
     metrics["inference_s_per_image"] = dt / max(n_images, 1)
     log.info("evaluated %d images in %.1f s (%.3f s/image including data loading and compilation)", n_images, dt,
              metrics["inference_s_per_image"])

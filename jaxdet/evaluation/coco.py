@@ -85,6 +85,9 @@ def detections_to_coco(
     image_valid: Any | None = None,
     *,
     image_size: Any | None = None,
+    masks: Any | None = None,
+    keypoints: Any | None = None,
+    mask_paste: str = "torchvision",
 ) -> list[dict]:
     """Converts a batch of padded detections into COCO result dicts in original-image pixels.
 
@@ -109,11 +112,20 @@ def detections_to_coco(
       image_size: optional [B, 2] int, (height, width) of the resized image inside the canvas. When given, the
         per-axis ratios ``image_size / orig_size`` replace ``scale`` (what torchvision and detectron2 do: the
         resized size is floored, so the true ratios differ slightly per axis and from ``scale``).
+      masks: optional [B, D, S, S] float mask probabilities, each relative to its box (Mask R-CNN). They are
+        pasted into the original image at the box mapped back to original pixels (before clipping, as
+        torchvision's ``transform.postprocess``), binarised at 0.5 and written as compressed RLE
+        ``"segmentation"`` (``jaxdet.evaluation.masks``; ``mask_paste`` picks the torchvision or detectron2
+        convention).
+      keypoints: optional [B, D, K, 3] float (x, y, score) in canvas pixels (Keypoint R-CNN); x, y are mapped to
+        original pixels like the boxes and written flat as ``"keypoints"`` ``[x1, y1, s1, ...]`` (the third
+        value is the keypoint score; pycocotools ignores it for detections).
 
     Returns:
       A list of dicts ``{"image_id": int, "category_id": int, "bbox": [x, y, w, h] (float, original-image
-      pixels), "score": float}``, one per valid detection of a valid image, in batch then detection order.
-      Boxes that become empty after clipping are kept (width or height 0); they simply match nothing.
+      pixels), "score": float}`` (plus ``"segmentation"`` / ``"keypoints"`` when given), one per valid
+      detection of a valid image, in batch then detection order. Boxes that become empty after clipping are
+      kept (width or height 0); they simply match nothing.
 
     Raises:
       ValueError: on inconsistent shapes, an empty ``category_ids``, a class index outside 0..C-1 on a valid
@@ -186,7 +198,32 @@ def detections_to_coco(
                 "score": float(scores[b, d]),
             }
         )
+    if masks is not None:
+        _add_segmentations(results, keep, _as_array("masks", masks, 4, (B, D)).astype(np.float32),
+                           boxes / np.stack([rx, ry, rx, ry], -1), orig_size, mask_paste)
+    if keypoints is not None:
+        kp = _as_array("keypoints", keypoints, 4, (B, D)).astype(np.float64)
+        kp = np.concatenate([kp[..., :1] / rx[..., None], kp[..., 1:2] / ry[..., None], kp[..., 2:]], -1)
+        for r, (b, d) in zip(results, zip(*np.nonzero(keep))):
+            r["keypoints"] = [float(v) for v in kp[b, d].reshape(-1)]
     return results
+
+
+def _add_segmentations(results: list[dict], keep: np.ndarray, masks: np.ndarray, boxes_orig: np.ndarray,
+                       orig_size: np.ndarray, style: str) -> None:
+    """Adds ``"segmentation"`` RLEs to ``results`` (one per True entry of ``keep``, in the same order)."""
+    from jaxdet.evaluation.masks import encode_rle, paste_masks  # noqa: PLC0415
+
+    i = 0
+    for b in range(keep.shape[0]):
+        ds = np.flatnonzero(keep[b])
+        if not ds.size:
+            continue
+        hw = (int(orig_size[b, 0]), int(orig_size[b, 1]))
+        full = paste_masks(masks[b, ds], boxes_orig[b, ds], hw, 0.5, style)
+        for m in full:
+            results[i]["segmentation"] = encode_rle(m)
+            i += 1
 
 
 # ----------------------------------------------------------------------------------------------------------------
