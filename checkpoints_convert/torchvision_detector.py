@@ -28,10 +28,14 @@ ratio 2, and FrozenBN eps 0.0 for torchvision's published COCO weights (torchvis
 ``overwrite_eps(model, 0.0)`` when it loads them; a model built with ``weights=None`` uses
 ``BatchNorm2d`` eps 1e-5 instead).
 
-CLI::
+CLI (``--arch`` picks the detector; the other families' converters live in ``torchvision_mask_rcnn.py``,
+``torchvision_keypoint_rcnn.py``, ``torchvision_retinanet.py`` and ``torchvision_fcos.py`` and reuse this
+module's backbone/FPN/R-CNN parts)::
 
     python -m checkpoints_convert.torchvision_detector \\
         --weights fasterrcnn_resnet50_fpn_coco-258fb6c6.pth --output weights/faster_rcnn_tv
+    python -m checkpoints_convert.torchvision_detector --arch maskrcnn_resnet50_fpn \\
+        --weights maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth --output weights/mask_rcnn_tv
     python -m jaxdet.evaluate --config configs/faster_rcnn.py --checkpoint weights/faster_rcnn_tv ...
 """
 from __future__ import annotations
@@ -315,11 +319,39 @@ def categories_from_annotations(path: str | os.PathLike) -> Tuple[list, list]:
     return [int(c["id"]) for c in cats], [str(c["name"]) for c in cats]
 
 
+#: ``--arch`` -> (module, converter function, default (category ids, names) or None for the 80 COCO classes).
+ARCHITECTURES = {
+    "fasterrcnn_resnet50_fpn": ("checkpoints_convert.torchvision_detector", "convert_fasterrcnn_resnet50_fpn", None),
+    "maskrcnn_resnet50_fpn": ("checkpoints_convert.torchvision_mask_rcnn", "convert_maskrcnn_resnet50_fpn", None),
+    "keypointrcnn_resnet50_fpn": ("checkpoints_convert.torchvision_keypoint_rcnn",
+                                  "convert_keypointrcnn_resnet50_fpn", ([1], ["person"])),
+    "retinanet_resnet50_fpn": ("checkpoints_convert.torchvision_retinanet", "convert_retinanet_resnet50_fpn", None),
+    "fcos_resnet50_fpn": ("checkpoints_convert.torchvision_fcos", "convert_fcos_resnet50_fpn", None),
+}
+
+
+def converter_for(arch: str):
+    """The converter function of a torchvision detector name (a key of :data:`ARCHITECTURES`).
+
+    Raises:
+      ValueError: an unknown name (the message lists the known ones).
+    """
+    import importlib  # noqa: PLC0415
+
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown --arch {arch!r}; known: {sorted(ARCHITECTURES)}")
+    module, fn, _ = ARCHITECTURES[arch]
+    return getattr(importlib.import_module(module), fn)
+
+
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m checkpoints_convert.torchvision_detector",
-        description="Convert torchvision fasterrcnn_resnet50_fpn (v1) weights into a jaxdet checkpoint folder "
+        description="Convert torchvision detector weights (Faster/Mask/Keypoint R-CNN, RetinaNet, FCOS; R50-FPN v1) "
+                    "into a jaxdet checkpoint folder "
                     "(readable with jaxdet.engine.checkpoint.load_variables and python -m jaxdet.evaluate).")
+    p.add_argument("--arch", default="fasterrcnn_resnet50_fpn", choices=sorted(ARCHITECTURES),
+                   help="the torchvision detector the weights belong to (default fasterrcnn_resnet50_fpn)")
     p.add_argument("--weights", required=True, help="torchvision .pth state_dict, e.g. fasterrcnn_resnet50_fpn_coco-258fb6c6.pth")
     p.add_argument("--output", required=True, help="output folder of the jaxdet checkpoint")
     p.add_argument("--norm-eps", type=float, default=0.0,
@@ -349,18 +381,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ids, names = None, None
     elif args.categories_from:
         ids, names = categories_from_annotations(args.categories_from)
+    elif ARCHITECTURES[args.arch][2] is not None:
+        ids, names = (list(v) for v in ARCHITECTURES[args.arch][2])
     else:
         ids, names = list(COCO_CATEGORY_IDS), list(COCO_CLASS_NAMES)
+    convert = converter_for(args.arch)
     output = check_output_dir(args.output)  # before the (slow) conversion
     sd = load_torchvision_state_dict(args.weights)
-    variables, meta = convert_fasterrcnn_resnet50_fpn(sd, category_ids=ids, class_names=names,
-                                                      norm_eps=args.norm_eps, source=os.fspath(args.weights),
-                                                      progress=True)
+    variables, meta = convert(sd, category_ids=ids, class_names=names, norm_eps=args.norm_eps,
+                              source=os.fspath(args.weights), progress=True)
     from jaxdet.engine.checkpoint import save_variables  # noqa: PLC0415 - keeps `--help` fast
 
     path = save_variables(output, variables, meta)
     n = sum(int(np.size(v)) for v in flatten_tree(variables).values())
-    print(f"converted {args.weights} ({_ARCH}, {meta['num_classes']} classes, {n / 1e6:.1f}M values, "
+    print(f"converted {args.weights} ({args.arch}, {meta['num_classes']} classes, {n / 1e6:.1f}M values, "
           f"norm_eps={args.norm_eps}) -> {path}")
     return 0
 
