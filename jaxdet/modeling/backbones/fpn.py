@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdet.modeling.conv import Conv
+
 __all__ = ["FPN", "nearest_resize_indices", "resize_nearest_to"]
 
 Dtype = Any
@@ -95,7 +97,7 @@ class FPN(nn.Module):
 
     def _conv(self, kernel: int, stride: int, name: str) -> nn.Conv:
         pad = kernel // 2
-        return nn.Conv(
+        return Conv(
             self.out_channels,
             kernel_size=(kernel, kernel),
             strides=(stride, stride),

@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdet.modeling.conv import Conv
 from jaxdet.modeling.layers import get_norm
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "RESNET_SPECS", "FEATURE_STRIDES", "resnet_trainable_mask"]
@@ -51,7 +52,7 @@ _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 def _conv(features: int, kernel: int, stride: int, padding: int, groups: int, dtype: Dtype, name: str) -> nn.Conv:
     """A bias-free ``nn.Conv`` with torch's symmetric explicit padding (HWIO kernel, float32 params)."""
-    return nn.Conv(
+    return Conv(
         features,
         kernel_size=(kernel, kernel),
         strides=(stride, stride),

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdet.modeling import losses
+from jaxdet.modeling.conv import Conv
 from jaxdet.ops.box_coder import decode_boxes, encode_boxes
 from jaxdet.ops.boxes import box_iou, clip_boxes, small_boxes_mask
 from jaxdet.ops.matcher import match
@@ -69,12 +70,12 @@ class RPNHead(nn.Module):
         """features: per level [B, H_l, W_l, C] -> (logits [B, H_l*W_l*A], deltas [B, H_l*W_l*A, 4]) per level."""
         init = nn.initializers.normal(0.01)
         convs = [
-            nn.Conv(features[0].shape[-1], (3, 3), padding=((1, 1), (1, 1)), kernel_init=init, dtype=self.dtype,
+            Conv(features[0].shape[-1], (3, 3), padding=((1, 1), (1, 1)), kernel_init=init, dtype=self.dtype,
                     name=f"conv{i}" if i else "conv")
             for i in range(self.num_convs)
         ]
-        cls = nn.Conv(self.num_anchors, (1, 1), kernel_init=init, dtype=self.dtype, name="cls_logits")
-        reg = nn.Conv(4 * self.num_anchors, (1, 1), kernel_init=init, dtype=self.dtype, name="bbox_pred")
+        cls = Conv(self.num_anchors, (1, 1), kernel_init=init, dtype=self.dtype, name="cls_logits")
+        reg = Conv(4 * self.num_anchors, (1, 1), kernel_init=init, dtype=self.dtype, name="bbox_pred")
         logits, deltas = [], []
         for x in features:
             for conv in convs:
