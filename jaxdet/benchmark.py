@@ -136,9 +136,10 @@ class JaxdetRunner:
         """Median seconds of the train step on real batches (first canvas), plus compile time and FLOPs."""
         c = self.config
         v = jax.device_get(self.variables)
-        tx, schedule = build_optimizer(c.solver, v["params"], trainable_mask(v["params"], c.model.backbone.freeze_at))
+        trainable = trainable_mask(v["params"], c.model.backbone.freeze_at)
+        tx, schedule = build_optimizer(c.solver, v["params"], trainable)
         state = parallel.replicate(create_train_state(v, tx, jax.random.key_data(jax.random.key(0))), self.mesh)
-        step = make_train_step(self.model, tx, schedule, self.mesh)
+        step = make_train_step(self.model, tx, schedule, self.mesh, trainable=trainable)
         it = make_train_iterator(dataset, batch_size=batch_size, canvases=c.input.canvases,
                                  min_size_train=c.input.min_size_train, max_size_train=c.input.max_size_train,
                                  max_instances=c.data.max_instances, seed=0, channel_order=c.input.format)

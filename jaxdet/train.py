@@ -21,8 +21,14 @@ and the program exits with status 1. With ``"skip"`` such steps leave the weight
 unchanged, are counted (``train/nonfinite_skipped`` in ``metrics.jsonl``) and logged; more than
 :data:`MAX_CONSECUTIVE_NONFINITE` in a row still stop the run (it has diverged).
 
-Many hosts: pass ``--coordinator_address``, ``--num_processes`` and ``--process_id`` (or rely on the
-cluster's environment, which ``jax.distributed.initialize()`` reads by itself, with ``--distributed``).
+Many hosts: start the same command on every host with ``--coordinator_address=host0:port``,
+``--num_processes=P`` and ``--process_id=p`` (or the environment variables ``JAX_COORDINATOR_ADDRESS``,
+``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``), or with ``--distributed`` on a cluster that
+``jax.distributed.initialize()`` detects by itself (SLURM, Open MPI, Kubernetes, Cloud TPU). Each process
+loads its ``B / P`` rows of every global batch; the step runs on the mesh of all devices; every process
+writes its part of each orbax checkpoint and restores from it; logs, ``metrics.jsonl``, TensorBoard
+events and evaluation files are written by process 0 only (the detections are gathered first, so every
+process gets the same metrics). On CPU the cross-process collectives use gloo (jax's default).
 """
 from __future__ import annotations
 
@@ -105,10 +111,7 @@ def _move_aside(path: str) -> None:
     if jax.process_index() == 0 and os.path.isdir(path) and os.listdir(path):
         dst = ckpt_lib.rename_aside(path, f".previous-{time.strftime('%Y%m%d-%H%M%S')}")
         log.warning("starting over (--no-resume): moved the earlier checkpoints %s to %s", path, dst)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("jaxdet_move_aside")
+    parallel.sync_processes("jaxdet_move_aside")
 
 
 def train(config, resume: bool = True) -> dict:
@@ -150,8 +153,8 @@ def train(config, resume: bool = True) -> dict:
     variables = init_variables(model, config, config.seed)
     if loaded is not None:
         variables = ckpt_lib.merge_variables(variables, loaded, config.model.weights, allow_missing=True)
-    tx, schedule = build_optimizer(config.solver, variables["params"],
-                                   trainable_mask(variables["params"], config.model.backbone.freeze_at))
+    trainable = trainable_mask(variables["params"], config.model.backbone.freeze_at)
+    tx, schedule = build_optimizer(config.solver, variables["params"], trainable)
     state = create_train_state(variables, tx, jax.random.key_data(jax.random.key(config.seed)))
     meta = model_meta(config, train_ds, num_classes)
 
@@ -162,7 +165,7 @@ def train(config, resume: bool = True) -> dict:
     checkpointer = ckpt_lib.Checkpointer(ckpt_dir, config.solver.max_to_keep)
     best = ckpt_lib.BestCheckpointer(best_dir, metric="AP", mode="max")
     if resume and checkpointer.latest_step() is not None:
-        state, saved_meta = checkpointer.restore(ckpt_lib.abstract(state))
+        state, saved_meta = checkpointer.restore(ckpt_lib.abstract(state, parallel.replicated(mesh)))
         saved_ids = (saved_meta or {}).get("category_ids")
         if saved_ids is not None and list(saved_ids) != meta["category_ids"]:
             raise ValueError(f"the checkpoints in {checkpointer.directory} were trained on other classes (category "
@@ -176,8 +179,9 @@ def train(config, resume: bool = True) -> dict:
         log.info("the checkpoint is at iteration %d >= solver.max_iter=%d: nothing to train", start, max_iter)
 
     skip = config.solver.nan_policy == "skip"
-    train_step = make_train_step(model, tx, schedule, mesh, skip_nonfinite=skip)
-    predict_step = make_predict_step(model, mesh)
+    train_step = parallel.align_processes(
+        make_train_step(model, tx, schedule, mesh, skip_nonfinite=skip, trainable=trainable), "train")
+    predict_step = parallel.align_processes(make_predict_step(model, mesh), "predict")
     writer = MetricWriter(out_dir, enabled=is_main)
     batches = make_train_iterator(
         train_ds, batch_size=config.solver.ims_per_batch, canvases=config.input.canvases,
@@ -373,18 +377,56 @@ def define_flags():
     flags.DEFINE_bool("resume", True, "Resume from the newest intact checkpoint in output_dir "
                       "(--no-resume / --noresume starts over, moving earlier checkpoints aside).")
     flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host; reads the cluster env).")
-    flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
-    flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
-    flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+    flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 "
+                        "(default: $JAX_COORDINATOR_ADDRESS).")
+    flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes (default: $JAX_NUM_PROCESSES).")
+    flags.DEFINE_integer("process_id", None, "Multi-host: this process's index (default: $JAX_PROCESS_ID).")
     return config
 
 
+#: Environment variables read when the corresponding flag is not given (launchers set them).
+DISTRIBUTED_ENV = {"coordinator_address": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
+                   "process_id": "JAX_PROCESS_ID"}
+
+
+def distributed_settings(flag_values: dict, environ=os.environ) -> dict | None:
+    """The arguments of ``jax.distributed.initialize`` (None: run as a single process).
+
+    Args:
+      flag_values: ``{"coordinator_address", "num_processes", "process_id", "distributed"}`` from the flags.
+      environ: where :data:`DISTRIBUTED_ENV` is read for a flag left unset.
+
+    Returns:
+      ``{"coordinator_address", "num_processes", "process_id"}`` (None entries are detected by jax from the
+      cluster environment), or None when neither a coordinator address nor ``--distributed`` is given.
+
+    Raises:
+      ValueError: ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` is not an integer.
+    """
+    out = {}
+    for key, var in DISTRIBUTED_ENV.items():
+        value = flag_values.get(key)
+        if value is None and environ.get(var, "") != "":
+            value = environ[var]
+            if key != "coordinator_address":
+                try:
+                    value = int(value)
+                except ValueError:
+                    raise ValueError(f"{var}={value!r} is not an integer") from None
+        out[key] = value
+    if out["coordinator_address"] or flag_values.get("distributed"):
+        return out
+    return None
+
+
 def maybe_initialize_distributed() -> None:
-    """``jax.distributed.initialize`` from the flags, or from the cluster environment with ``--distributed``."""
+    """``jax.distributed.initialize`` from the flags or the environment (see :func:`distributed_settings`)."""
     f = flags.FLAGS
-    if f.coordinator_address or f.distributed:
-        jax.distributed.initialize(coordinator_address=f.coordinator_address, num_processes=f.num_processes,
-                                   process_id=f.process_id)
+    settings = distributed_settings({"coordinator_address": f.coordinator_address, "num_processes": f.num_processes,
+                                     "process_id": f.process_id, "distributed": f.distributed})
+    if settings is not None:
+        jax.distributed.initialize(**settings)
+        ckpt_lib.use_distributed_barriers()
 
 
 def main(argv):

@@ -20,7 +20,8 @@ from jaxdet.engine.state import TrainState
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    mesh: Mesh, skip_nonfinite: bool = False) -> Callable[[TrainState, dict], tuple]:
+                    mesh: Mesh, skip_nonfinite: bool = False,
+                    trainable=None) -> Callable[[TrainState, dict], tuple]:
     """Builds ``train_step(state, batch) -> (state, metrics)``, jitted with the mesh's shardings.
 
     The step's randomness is ``fold_in(state.rng, state.step)``, so the step is a pure function of the
@@ -33,6 +34,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
       tx: the optimizer; schedule: its learning rate as a function of the step (logged as ``lr``).
       mesh: the device mesh (state replicated, batch split over ``data``).
       skip_nonfinite: advance ``step`` past a non-finite step (``solver.nan_policy="skip"``).
+      trainable: optional pytree of bools over the params (``jaxdet.modeling.build.trainable_mask``): the
+        frozen ones enter the loss through ``stop_gradient``, so their gradients (and the backward pass of
+        layers that only feed them, e.g. the frozen stem and res2) are never computed, as with torch's
+        ``requires_grad=False``; their gradient counts as 0 in ``grad_norm``.
 
     Returns:
       ``train_step(state, batch) -> (state, metrics)``; ``metrics`` holds every loss term (float32
@@ -46,8 +51,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         key = jax.random.fold_in(state.rng, state.step)
 
         def loss_fn(params):
-            out, updates = model.apply({"params": params, **state.model_state}, batch, train=True,
-                                       rngs={"sampling": key}, mutable=mutable)
+            if trainable is not None:
+                params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
+            with parallel.trace_context(mesh):  # the model sees the mesh (per-device BatchNorm groups)
+                out, updates = model.apply({"params": params, **state.model_state}, batch, train=True,
+                                           rngs={"sampling": key}, mutable=mutable)
             total = sum(out.values())
             return total, (out, updates)
 
