@@ -79,3 +79,29 @@ def test_train_and_predict_compile_once_per_canvas(setup):
     assert predict._cache_size() == 1
     d = config.model.roi_heads.detections_per_image
     assert outs[0]["boxes"].shape == (2, d, 4) and outs[0]["valid"].dtype == bool
+
+
+def test_frozen_stages_get_no_gradient_and_the_same_update(setup):
+    """``trainable``: frozen params enter through stop_gradient. With the optimizer's own freezing (the
+    multi_transform of ``build_optimizer``) the update of the trainable params is the same as computing every
+    gradient, the frozen params do not move, and grad_norm only counts the trainable gradients."""
+    config, model, mesh, _, state, batches, _ = setup
+    params = state.params
+    trainable = trainable_mask(params, 2)  # stem + res2 frozen
+    frozen = [p for p, t in zip(jax.tree.leaves(params), jax.tree.leaves(trainable)) if not t]
+    assert frozen and any(jax.tree.leaves(trainable))
+    tx, schedule = build_optimizer(config.solver, params, trainable)
+    st0 = jax.device_get(create_train_state(state.variables(), tx, jax.random.key_data(jax.random.key(0))))
+    batch = parallel.shard_batch(batches[0], mesh)
+    out = {}
+    for name, mask in (("all_grads", None), ("stop_gradient", trainable)):
+        step = make_train_step(model, tx, schedule, mesh, trainable=mask)
+        st, metrics = step(parallel.replicate(st0, mesh), batch)
+        out[name] = (jax.device_get(st.params), float(metrics["grad_norm"]))
+    (p_all, norm_all), (p_sg, norm_sg) = out["all_grads"], out["stop_gradient"]
+    for a, b, t, p0 in zip(jax.tree.leaves(p_all), jax.tree.leaves(p_sg), jax.tree.leaves(trainable),
+                           jax.tree.leaves(params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        if not t:
+            np.testing.assert_array_equal(b, p0)
+    assert 0 < norm_sg < norm_all
