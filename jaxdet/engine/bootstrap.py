@@ -61,10 +61,10 @@ def init_variables(model, config, seed: int) -> dict:
     return jax.tree.map(np.asarray, dict(variables))
 
 
-#: Config fields that decide whether weights are used right; every checkpoint records them.
+#: Config fields that decide whether weights are used right; every checkpoint records those its config has.
 CONVENTION_KEYS = ("input.format", "model.pixel_mean", "model.pixel_std", "model.backbone.norm_eps",
                    "model.backbone.stride_in_1x1", "model.roi_heads.pooler_aligned",
-                   "model.roi_heads.pooler_sampling_ratio")
+                   "model.roi_heads.pooler_sampling_ratio", "model.fpn.p6p7_in")
 
 
 def _get(config, dotted: str):
@@ -74,10 +74,19 @@ def _get(config, dotted: str):
     return list(node) if isinstance(node, tuple) else node
 
 
+def _has(config, dotted: str) -> bool:
+    node = config
+    for p in dotted.split("."):
+        if p not in node:
+            return False
+        node = node[p]
+    return True
+
+
 def model_meta(config, dataset: CocoDataset, num_classes: int) -> dict:
     """What a checkpoint must carry to be used without the training data: classes, pixel convention and the
     architectural switches (``config_overrides``, applied by :func:`checkpoint.apply_meta_to_config`)."""
-    overrides = {k: _get(config, k) for k in CONVENTION_KEYS}
+    overrides = {k: _get(config, k) for k in CONVENTION_KEYS if _has(config, k)}
     overrides["model.num_classes"] = num_classes
     return {
         "format": "jaxdet",
