@@ -70,7 +70,7 @@ class RetinaNetConfig:
 
 def _conv(features: int, name: str, dtype, bias_init=nn.initializers.zeros) -> nn.Conv:
     return Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=nn.initializers.normal(0.01),
-                   bias_init=bias_init, dtype=dtype, param_dtype=jnp.float32, name=name)
+                bias_init=bias_init, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 class _Subnet(nn.Module):
