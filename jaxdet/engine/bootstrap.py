@@ -64,7 +64,8 @@ def init_variables(model, config, seed: int) -> dict:
 #: Config fields that decide whether weights are used right; every checkpoint records those its config has.
 CONVENTION_KEYS = ("input.format", "model.pixel_mean", "model.pixel_std", "model.backbone.norm_eps",
                    "model.backbone.stride_in_1x1", "model.roi_heads.pooler_aligned",
-                   "model.roi_heads.pooler_sampling_ratio", "model.fpn.p6p7_in")
+                   "model.roi_heads.pooler_sampling_ratio", "model.fpn.p6p7_in",
+                   "model.mask_head.pooler_resolution", "model.mask_head.sampling_ratio")
 
 
 def _get(config, dotted: str):

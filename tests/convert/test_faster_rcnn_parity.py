@@ -87,10 +87,14 @@ def _load_image(path) -> torch.Tensor:
     return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255.0
 
 
-def _reference_model(root) -> torch.nn.Module:
-    """Seeded torchvision Faster R-CNN with calibrated-then-randomised BatchNorm (see module docstring)."""
+def _reference_model(root, builder=None) -> torch.nn.Module:
+    """Seeded torchvision detector with calibrated-then-randomised BatchNorm (see module docstring).
+
+    ``builder``: the torchvision constructor (default ``fasterrcnn_resnet50_fpn``); the other families' parity tests
+    pass theirs (``maskrcnn_resnet50_fpn``, ``retinanet_resnet50_fpn``, ...) to get the same recipe."""
+    builder = builder or torchvision.models.detection.fasterrcnn_resnet50_fpn
     torch.manual_seed(0)
-    model = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    model = builder(weights=None, weights_backbone=None)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(m.eps == 1e-5 for m in bns)
     calib = torch.cat([torch.nn.functional.interpolate(_load_image(root / "train2017" / f)[None], size=(320, 416),

@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import json
 import pathlib
-import unittest.mock
 
 import jax
 import jax.numpy as jnp
@@ -99,9 +98,7 @@ def _make_head_confident(model) -> None:
 def _retinanet_reference(root):
     """Seeded retinanet_resnet50_fpn, BatchNorm calibrated and randomised exactly as the Faster R-CNN reference
     (``_reference_model`` with the RetinaNet builder), head made confident."""
-    with unittest.mock.patch.object(torchvision.models.detection, "fasterrcnn_resnet50_fpn",
-                                    torchvision.models.detection.retinanet_resnet50_fpn):
-        model = _reference_model(root)
+    model = _reference_model(root, torchvision.models.detection.retinanet_resnet50_fpn)
     assert isinstance(model, torchvision.models.detection.RetinaNet)
     _make_head_confident(model)
     return model.eval()

@@ -82,13 +82,15 @@ class FasterRCNN(nn.Module):
         return [jnp.asarray(a, jnp.float32) for a in
                 anchor_ops.multilevel_anchors(shapes, strides, self.anchor_sizes, self.aspect_ratios)]
 
-    def pool(self, features: dict[str, jax.Array], rois: jax.Array, canvas_hw: tuple[int, int]) -> jax.Array:
-        """MultiScaleRoIAlign over P2..P5: rois [B, R, 4] -> [B, R, S, S, C]."""
+    def pool(self, features: dict[str, jax.Array], rois: jax.Array, canvas_hw: tuple[int, int],
+             resolution: int | None = None, sampling_ratio: int | None = None) -> jax.Array:
+        """MultiScaleRoIAlign over P2..P5: rois [B, R, 4] -> [B, R, S, S, C]. ``resolution`` (S) and
+        ``sampling_ratio`` default to the box head's (``roi_heads.pooler_*``); the mask branch passes its own."""
         feats = [features[k] for k in ROI_LEVELS]
         strides = [canvas_hw[0] // f.shape[1] for f in feats]
-        s = self.roi_heads.pooler_resolution
-        return multilevel_roi_align(feats, rois, strides, (s, s), self.roi_heads.pooler_sampling_ratio,
-                                    self.roi_heads.pooler_aligned)
+        s = self.roi_heads.pooler_resolution if resolution is None else resolution
+        ratio = self.roi_heads.pooler_sampling_ratio if sampling_ratio is None else sampling_ratio
+        return multilevel_roi_align(feats, rois, strides, (s, s), ratio, self.roi_heads.pooler_aligned)
 
     def initialize(self, batch: dict) -> None:
         """Creates every variable by running each submodule once, skipping the parameter-free parts
