@@ -330,6 +330,11 @@ ARCHITECTURES = {
 }
 
 
+#: FrozenBN epsilon of torchvision's published weights per ``--arch`` (0.0 where torchvision calls
+#: ``overwrite_eps(model, 0.0)`` on loading them).
+DEFAULT_NORM_EPS = {"fcos_resnet50_fpn": 1e-5}
+
+
 def converter_for(arch: str):
     """The converter function of a torchvision detector name (a key of :data:`ARCHITECTURES`).
 
@@ -354,10 +359,11 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help="the torchvision detector the weights belong to (default fasterrcnn_resnet50_fpn)")
     p.add_argument("--weights", required=True, help="torchvision .pth state_dict, e.g. fasterrcnn_resnet50_fpn_coco-258fb6c6.pth")
     p.add_argument("--output", required=True, help="output folder of the jaxdet checkpoint")
-    p.add_argument("--norm-eps", type=float, default=0.0,
-                   help="FrozenBN epsilon the weights need: 0.0 (default) for torchvision's published COCO weights "
-                        "(torchvision applies overwrite_eps(model, 0.0) to them); 1e-5 for a model saved from "
-                        "torchvision built with weights=None or trained with BatchNorm2d eps 1e-5")
+    p.add_argument("--norm-eps", type=float, default=None,
+                   help="FrozenBN epsilon the weights need. Default: 0.0 for torchvision's published Faster/Mask/"
+                        "Keypoint R-CNN and RetinaNet COCO weights (torchvision applies overwrite_eps(model, 0.0) to "
+                        "them), 1e-5 for FCOS (its builder does not); 1e-5 for a model saved from torchvision built "
+                        "with weights=None or trained with BatchNorm2d eps 1e-5")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--keep-all-classes", action="store_true",
                        help="keep every torchvision output 1..K-1 (90 for COCO, including unused ids) instead of the "
@@ -386,6 +392,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         ids, names = list(COCO_CATEGORY_IDS), list(COCO_CLASS_NAMES)
     convert = converter_for(args.arch)
+    if args.norm_eps is None:
+        args.norm_eps = DEFAULT_NORM_EPS.get(args.arch, 0.0)
     output = check_output_dir(args.output)  # before the (slow) conversion
     sd = load_torchvision_state_dict(args.weights)
     variables, meta = convert(sd, category_ids=ids, class_names=names, norm_eps=args.norm_eps,
