@@ -25,7 +25,22 @@ Determinism: image i of a split is drawn from ``numpy.random.default_rng([seed, 
 parameters give byte-identical files. Train and val are disjoint draws (val is a held-out set of the same
 distribution), image ids are ``1..num_train`` for train and ``10_000_001..`` for val.
 
-CLI: ``python -m jaxdet.data.synthetic --root DIR [--num-train N] [--num-val N] [--seed S]``.
+Keypoint mode (``keypoints=True``, for Keypoint R-CNN; ``configs/keypoint_rcnn_synthetic.py``): the same kind of
+images (rectangles drawn with probability 0.6, circles and triangles 0.2 each), but only the rectangles are
+annotated, as the single category ``rectangle`` (id 1); circles and triangles are unannotated distractors.
+Each rectangle has K = 5 keypoints (:data:`KEYPOINT_NAMES`): its four corners, named by their place on the
+unrotated rectangle (``left_top``, ``right_top``, ``right_bottom``, ``left_bottom``; rotations stay within
++-30 degrees, so the names are unambiguous, and a horizontal flip swaps ``left_*`` and ``right_*``), and its
+centre. Keypoints are COCO ``[x, y, v] * K`` in continuous pixel coordinates (the polygon's vertices exactly):
+``v = 2`` visible, ``v = 1`` labelled but hidden by an object drawn later (the pixel under the point belongs to
+its mask), ``v = 0`` unlabelled (``x = y = 0``; each point with probability 0.1, as COCO's unannotated joints).
+The category carries ``keypoints`` (names), ``skeleton`` (the outline, 1-based) and ``kpt_oks_sigmas``
+(:data:`KEYPOINT_OKS_SIGMAS`, a jaxdet extension read by ``jaxdet.data.coco.load_coco``: the OKS sigmas for
+COCO keypoint AP). Annotation files: ``annotations/keypoints_{train,val}2017.json``; each annotation also has
+``num_keypoints`` (labelled points). The default (shapes) mode is unchanged by this option: the same parameters
+give the same bytes as before.
+
+CLI: ``python -m jaxdet.data.synthetic --root DIR [--num-train N] [--num-val N] [--seed S] [--keypoints]``.
 """
 from __future__ import annotations
 
@@ -45,9 +60,19 @@ from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLASS_NAMES", "generate_synthetic_coco", "main"]
+__all__ = ["CLASS_NAMES", "KEYPOINT_NAMES", "KEYPOINT_SKELETON", "KEYPOINT_OKS_SIGMAS", "generate_synthetic_coco",
+           "main"]
 
 CLASS_NAMES = ("circle", "rectangle", "triangle")
+#: Keypoint mode: the rectangle's corners (in the order of its polygon) and its centre.
+KEYPOINT_NAMES = ("left_top", "right_top", "right_bottom", "left_bottom", "center")
+#: COCO ``skeleton`` (1-based keypoint index pairs): the rectangle's outline.
+KEYPOINT_SKELETON = ((1, 2), (2, 3), (3, 4), (4, 1))
+#: Per-keypoint OKS sigmas (COCO's range is 0.025 for eyes .. 0.107 for hips; corners and centre are precise).
+KEYPOINT_OKS_SIGMAS = (0.05, 0.05, 0.05, 0.05, 0.05)
+_KP_CLASS = 1                      # the annotated class in keypoint mode (rectangle)
+_KP_CLASS_PROBS = (0.2, 0.6, 0.2)  # class probabilities in keypoint mode (circle, rectangle, triangle)
+_KP_UNLABELLED = 0.1               # probability of an unlabelled keypoint (v = 0)
 _VERSION = 1
 _MARKER = "synthetic_coco.json"
 _SPLITS = (("train2017", 0, 1), ("val2017", 1, 10_000_001))  # folder, split seed, first image id
@@ -145,8 +170,9 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _make_image(rng: np.random.Generator, h: int, w: int, max_objects: int,
-                object_size: tuple[int, int]) -> tuple[np.ndarray, list[dict]]:
-    """uint8 [h, w, 3] image and its annotations (category_id, bbox, area, segmentation)."""
+                object_size: tuple[int, int], keypoints: bool = False) -> tuple[np.ndarray, list[dict]]:
+    """uint8 [h, w, 3] image and its annotations (category_id, bbox, area, segmentation; in keypoint mode only
+    the rectangles, with category 1 and ``keypoints`` / ``num_keypoints``, see the module docstring)."""
     from pycocotools import mask as mask_utils
 
     img = _background(rng, h, w)
@@ -156,8 +182,13 @@ def _make_image(rng: np.random.Generator, h: int, w: int, max_objects: int,
     boxes: list[np.ndarray] = []
     anns = []
     visible: list[tuple[np.ndarray, int]] = []  # (visible part, full area) of each object drawn
+    masks: list[np.ndarray] = []                # keypoint mode: the mask of each object drawn
+    owner: list[int] = []                       # keypoint mode: the object index of each annotation
     for _ in range(n):
-        cls = int(rng.integers(len(CLASS_NAMES)))
+        if keypoints:
+            cls = int(rng.choice(len(CLASS_NAMES), p=_KP_CLASS_PROBS))
+        else:
+            cls = int(rng.integers(len(CLASS_NAMES)))
         for _try in range(30):
             side = float(np.exp(rng.uniform(np.log(lo), np.log(max(hi, lo)))))
             pts = _shape_polygon(rng, cls, side)
@@ -193,12 +224,46 @@ def _make_image(rng: np.random.Generator, h: int, w: int, max_objects: int,
         region[m] = (colour[None, None] + shade[..., None])[m]
         x1, y1, x2, y2 = (float(v) for v in box)
         area = 0.5 * abs(float(np.dot(poly[:, 0], np.roll(poly[:, 1], 1)) - np.dot(poly[:, 1], np.roll(poly[:, 0], 1))))
+        if keypoints:
+            masks.append(mask)
+            if cls != _KP_CLASS:
+                continue  # a distractor: drawn, not annotated
+            owner.append(len(masks) - 1)
+            centre = poly.mean(0)
+            kps = np.concatenate([poly, centre[None]], 0)          # [5, 2]: corners in polygon order, centre
+            anns.append(dict(category_id=1, bbox=[round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                             area=round(area, 2), segmentation=[flat], iscrowd=0, keypoints=kps))
+            continue
         anns.append(dict(category_id=cls + 1, bbox=[round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
                          area=round(area, 2), segmentation=[flat], iscrowd=0))
     img += rng.standard_normal(size=img.shape, dtype=np.float32) * 5.0  # sensor grain
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     out = out.filter(_SOFTEN)  # soften the hard polygon edges
+    if keypoints:
+        for a, i in zip(anns, owner):
+            _label_keypoints(rng, a, masks[i + 1:], h, w)
     return np.asarray(out), anns
+
+
+def _label_keypoints(rng: np.random.Generator, ann: dict, later_masks: list[np.ndarray], h: int, w: int) -> None:
+    """Replaces ``ann["keypoints"]`` (float [K, 2]) by COCO's flat ``[x, y, v] * K`` (v = 1 where an object drawn
+    later covers the pixel under the point, 0 with probability ``_KP_UNLABELLED``, else 2) and sets
+    ``num_keypoints``."""
+    pts = ann["keypoints"]
+    cover = np.zeros((h, w), bool)
+    for m in later_masks:
+        cover |= m
+    flat, labelled = [], 0
+    unlabelled = rng.random(len(pts)) < _KP_UNLABELLED
+    for (x, y), drop in zip(pts, unlabelled):
+        if drop:
+            flat += [0.0, 0.0, 0]
+            continue
+        px, py = min(max(int(np.floor(x)), 0), w - 1), min(max(int(np.floor(y)), 0), h - 1)
+        flat += [round(float(x), 2), round(float(y), 2), 1 if cover[py, px] else 2]
+        labelled += 1
+    ann["keypoints"] = flat
+    ann["num_keypoints"] = labelled
 
 
 def _encode(image: np.ndarray, fmt: str) -> bytes:
@@ -210,11 +275,20 @@ def _encode(image: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def _params(num_train, num_val, image_size, max_objects, object_size, seed, image_format) -> dict:
+def _params(num_train, num_val, image_size, max_objects, object_size, seed, image_format, keypoints=False) -> dict:
     hr, wr = _size_range(image_size)
-    return dict(version=_VERSION, num_train=int(num_train), num_val=int(num_val), image_size=[list(hr), list(wr)],
-                max_objects=int(max_objects), object_size=[int(object_size[0]), int(object_size[1])],
-                seed=int(seed), image_format=image_format)
+    params = dict(version=_VERSION, num_train=int(num_train), num_val=int(num_val), image_size=[list(hr), list(wr)],
+                  max_objects=int(max_objects), object_size=[int(object_size[0]), int(object_size[1])],
+                  seed=int(seed), image_format=image_format)
+    if keypoints:  # only then: a shapes dataset keeps the marker (and so the files) it had
+        params["keypoints"] = True
+    return params
+
+
+def _annotation_file(root: pathlib.Path, folder: str, params: dict) -> pathlib.Path:
+    """``annotations/instances_<folder>.json``, or ``keypoints_<folder>.json`` in keypoint mode."""
+    prefix = "keypoints" if params.get("keypoints") else "instances"
+    return root / "annotations" / f"{prefix}_{folder}.json"
 
 
 def _is_complete(root: pathlib.Path, params: dict) -> bool:
@@ -225,7 +299,7 @@ def _is_complete(root: pathlib.Path, params: dict) -> bool:
         if json.loads(marker.read_text()) != params:
             return False
         for folder, _, _ in _SPLITS:
-            data = json.loads((root / "annotations" / f"instances_{folder}.json").read_text())
+            data = json.loads(_annotation_file(root, folder, params).read_text())
             if not all((root / folder / im["file_name"]).exists() for im in data["images"]):
                 return False
     except (OSError, ValueError, KeyError):
@@ -237,8 +311,13 @@ def _remove_previous(root: pathlib.Path) -> None:
     """Deletes the files a previous generation (with a marker) wrote, nothing else."""
     if not (root / _MARKER).exists():
         return
+    try:
+        previous = json.loads((root / _MARKER).read_text())
+    except (OSError, ValueError):
+        previous = {}
+    previous = previous if isinstance(previous, dict) else {}
     for folder, _, _ in _SPLITS:
-        ann = root / "annotations" / f"instances_{folder}.json"
+        ann = _annotation_file(root, folder, previous)
         try:
             data = json.loads(ann.read_text())
         except (OSError, ValueError):
@@ -252,7 +331,7 @@ def _remove_previous(root: pathlib.Path) -> None:
 def generate_synthetic_coco(root: str | os.PathLike, *, num_train: int = 512, num_val: int = 128,
                             image_size: Sequence = ((256, 320), (256, 320)), max_objects: int = 6,
                             object_size: tuple[int, int] = (16, 128), seed: int = 0,
-                            image_format: str = "jpg") -> pathlib.Path:
+                            image_format: str = "jpg", keypoints: bool = False) -> pathlib.Path:
     """Writes (or reuses) the synthetic COCO dataset under ``root`` and returns ``root`` as a Path.
 
     Args:
@@ -265,6 +344,8 @@ def generate_synthetic_coco(root: str | os.PathLike, *, num_train: int = 512, nu
         image's short side).
       seed: the dataset seed; the same parameters give byte-identical files.
       image_format: 'jpg' (quality 92) or 'png'.
+      keypoints: write the keypoint dataset instead (annotated rectangles with 5 keypoints, unannotated
+        distractors, ``annotations/keypoints_*.json``; see the module docstring).
 
     If ``root`` already holds a complete generation with the same parameters (``synthetic_coco.json``), it
     is reused untouched; a generation with other parameters is replaced (only its own files are removed).
@@ -280,13 +361,17 @@ def generate_synthetic_coco(root: str | os.PathLike, *, num_train: int = 512, nu
     if not 4 <= object_size[0] <= object_size[1]:
         raise ValueError(f"object_size must be (min, max) with 4 <= min <= max, got {object_size!r}")
     root = pathlib.Path(root)
-    params = _params(num_train, num_val, image_size, max_objects, object_size, seed, image_format)
+    params = _params(num_train, num_val, image_size, max_objects, object_size, seed, image_format, keypoints)
     if _is_complete(root, params):
         logger.info("synthetic COCO at %s is up to date, reused", root)
         return root
     _remove_previous(root)
     (hr, wr) = params["image_size"]
-    categories = [dict(id=i + 1, name=n, supercategory="shape") for i, n in enumerate(CLASS_NAMES)]
+    if keypoints:
+        categories = [dict(id=1, name=CLASS_NAMES[_KP_CLASS], supercategory="shape", keypoints=list(KEYPOINT_NAMES),
+                           skeleton=[list(p) for p in KEYPOINT_SKELETON], kpt_oks_sigmas=list(KEYPOINT_OKS_SIGMAS))]
+    else:
+        categories = [dict(id=i + 1, name=n, supercategory="shape") for i, n in enumerate(CLASS_NAMES)]
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     ann_id = 1
     for (folder, split, first_id), count in zip(_SPLITS, (num_train, num_val)):
@@ -295,7 +380,7 @@ def generate_synthetic_coco(root: str | os.PathLike, *, num_train: int = 512, nu
         for i in tqdm(range(count), desc=f"synthetic {folder}", unit="img", leave=False, mininterval=1.0):
             rng = np.random.default_rng([int(seed), split, i])
             h, w = int(rng.integers(hr[0], hr[1] + 1)), int(rng.integers(wr[0], wr[1] + 1))
-            pixels, anns = _make_image(rng, h, w, max_objects, tuple(object_size))
+            pixels, anns = _make_image(rng, h, w, max_objects, tuple(object_size), keypoints)
             image_id = first_id + i
             file_name = f"{image_id:012d}.{image_format}"
             (root / folder / file_name).write_bytes(_encode(pixels, image_format))
@@ -303,9 +388,10 @@ def generate_synthetic_coco(root: str | os.PathLike, *, num_train: int = 512, nu
             for a in anns:
                 annotations.append(dict(id=ann_id, image_id=image_id, **a))
                 ann_id += 1
-        data = dict(info=dict(description="jaxdet synthetic shapes", version=str(_VERSION), year=2024),
+        description = "jaxdet synthetic keypoints" if keypoints else "jaxdet synthetic shapes"
+        data = dict(info=dict(description=description, version=str(_VERSION), year=2024),
                     licenses=[], categories=categories, images=images, annotations=annotations)
-        (root / "annotations" / f"instances_{folder}.json").write_text(json.dumps(data))
+        _annotation_file(root, folder, params).write_text(json.dumps(data))
     (root / _MARKER).write_text(json.dumps(params, indent=1))  # last: marks the generation complete
     logger.info("wrote synthetic COCO to %s: %d train, %d val images", root, num_train, num_val)
     return root
@@ -319,10 +405,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--num-val", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=("jpg", "png"), default="jpg")
+    p.add_argument("--keypoints", action="store_true", help="write the keypoint dataset (rectangles, 5 keypoints)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = generate_synthetic_coco(a.root, num_train=a.num_train, num_val=a.num_val, seed=a.seed,
-                                   image_format=a.format)
+                                   image_format=a.format, keypoints=a.keypoints)
     print(root)
 
 

@@ -203,7 +203,7 @@ def detections_to_coco(
                            boxes / np.stack([rx, ry, rx, ry], -1), orig_size, mask_paste)
     if keypoints is not None:
         kp = _as_array("keypoints", keypoints, 4, (B, D)).astype(np.float64)
-        kp = np.concatenate([kp[..., :1] / rx[..., None], kp[..., 1:2] / ry[..., None], kp[..., 2:]], -1)
+        kp = np.concatenate([kp[..., :1] / rx[..., None, None], kp[..., 1:2] / ry[..., None, None], kp[..., 2:]], -1)
         for r, (b, d) in zip(results, zip(*np.nonzero(keep))):
             r["keypoints"] = [float(v) for v in kp[b, d].reshape(-1)]
     return results

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["conv_general_dilated", "conv2d_nhwc", "select"]
+__all__ = ["conv_general_dilated", "conv2d_nhwc", "conv_transpose", "select"]
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -114,3 +114,86 @@ def select(mode: str = "auto"):
     if mode == "xla":
         return None
     raise ValueError(f"conv weight-gradient mode must be 'auto', 'matmul' or 'xla', got {mode!r}")
+
+
+def _phase_taps(length: int, kernel: int, stride: int, pad_lo: int, pad_hi: int):
+    """Per output phase r (output index = stride * q + r): (first kernel tap k0, number of taps M, input offset
+    d, outputs Q) of ``y[s q + r] = sum_m x[q + d + m] K[k0 + s m]`` (see :func:`conv_transpose`)."""
+    out = (length - 1) * stride + 1 + pad_lo + pad_hi - kernel + 1
+    phases = []
+    for r in range(stride):
+        q = -(-(out - r) // stride) if out > r else 0
+        k0 = (pad_lo - r) % stride
+        m = len(range(k0, kernel, stride))
+        d = (r + k0 - pad_lo) // stride
+        phases.append((k0, m, d, q))
+    return out, phases
+
+
+def _transpose_padding(k: int, s: int, padding: str) -> tuple[int, int]:
+    """``lax.conv_transpose``'s explicit padding of the dilated input for "SAME" / "VALID"."""
+    if padding == "SAME":
+        pad_len = k + s - 2
+        pad_a = k - 1 if s > k - 1 else -(-pad_len // 2)
+    elif padding == "VALID":
+        pad_len = k + s - 2 + max(k - s, 0)
+        pad_a = k - 1
+    else:
+        raise ValueError(f"conv_transpose: padding must be 'SAME', 'VALID' or explicit pairs, got {padding!r}")
+    return pad_a, pad_len - pad_a
+
+
+def conv_transpose(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding) -> jax.Array:
+    """``lax.conv_transpose(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))``
+    (flax ``nn.ConvTranspose`` with ``transpose_kernel=False``) computed as ``stride**2`` ordinary convolutions,
+    one per output phase, then interleaved.
+
+    XLA:CPU runs the input-dilated convolution that ``conv_transpose`` lowers to (and its gradients) through a
+    slow generic loop; each phase here is a plain stride-1 convolution of x with the sub-kernel
+    ``kernel[k0::s]`` (:func:`conv_general_dilated`, so its weight gradient is the matmul one too).
+    With y the output of the stride-dilated, padded input correlated with the kernel, output
+    ``y[s q + r] = sum_m x[q + d + m] kernel[k0 + s m]`` for ``k0 = (pad_lo - r) mod s``,
+    ``d = (r + k0 - pad_lo) / s``.
+
+    Args:
+      x: [N, H, W, Cin]; kernel: [kh, kw, Cin, Cout]; strides: (sy, sx); padding: "VALID", "SAME" or
+        ((top, bottom), (left, right)) as for ``lax.conv_transpose``.
+
+    Returns:
+      [N, Ho, Wo, Cout], the same values as ``lax.conv_transpose`` (up to float summation order).
+    """
+    sy, sx = (int(s) for s in strides)
+    kh, kw = kernel.shape[:2]
+    if isinstance(padding, str):
+        pads = [_transpose_padding(k, s, padding) for k, s in ((kh, sy), (kw, sx))]
+    else:
+        pads = [tuple(int(v) for v in p) for p in padding]
+    n, h, w, _ = x.shape
+    out_h, ph = _phase_taps(h, kh, sy, *pads[0])
+    out_w, pw = _phase_taps(w, kw, sx, *pads[1])
+    rows = []
+    for (k0y, my, dy, qy) in ph:
+        cols = []
+        for (k0x, mx, dx, qx) in pw:
+            if qy == 0 or qx == 0:
+                continue
+            sub = kernel[k0y::sy, k0x::sx]
+            if my == 0 or mx == 0:
+                cols.append(jnp.zeros((n, qy, qx, kernel.shape[3]), x.dtype))
+                continue
+            # x rows needed: [dy, qy - 1 + dy + my - 1]; pad where that leaves [0, h - 1]
+            lo_y, hi_y = max(0, -dy), max(0, qy + dy + my - 1 - h)
+            lo_x, hi_x = max(0, -dx), max(0, qx + dx + mx - 1 - w)
+            xp = jnp.pad(x, ((0, 0), (lo_y, hi_y), (lo_x, hi_x), (0, 0)))
+            xp = xp[:, dy + lo_y: dy + lo_y + qy + my - 1, dx + lo_x: dx + lo_x + qx + mx - 1]
+            cols.append(conv_general_dilated(xp, sub, (1, 1), "VALID", dimension_numbers=_NHWC))
+        rows.append(cols)
+    # interleave: out[s q + r] = phase r at q (phases have ceil((out - r) / s) entries)
+    qy_max, qx_max = -(-out_h // sy), -(-out_w // sx)
+    grid = []
+    for cols in rows:
+        padded = [jnp.pad(c, ((0, 0), (0, qy_max - c.shape[1]), (0, qx_max - c.shape[2]), (0, 0))) for c in cols]
+        grid.append(jnp.stack(padded, axis=3))                         # [N, Qy, Qx, sx, C]
+    y = jnp.stack(grid, axis=2)                                         # [N, Qy, sy, Qx, sx, C]
+    y = y.reshape(n, qy_max * sy, qx_max * sx, kernel.shape[3])
+    return y[:, :out_h, :out_w]

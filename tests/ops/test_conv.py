@@ -64,3 +64,21 @@ def test_bfloat16_inputs_accumulate_in_float32_and_fallbacks():
     assert conv_ops.select("xla") is None and conv_ops.select("matmul") is conv_ops.conv_general_dilated
     with pytest.raises(ValueError, match="weight-gradient mode"):
         conv_ops.select("cudnn")
+
+
+@pytest.mark.parametrize("k,stride,padding", [(2, 2, "VALID"), (4, 2, ((2, 2), (2, 2))), (3, 2, "SAME"),
+                                              (3, 3, ((0, 1), (2, 0)))])
+def test_conv_transpose_matches_lax_and_flax(k, stride, padding):
+    import flax.linen as nn
+
+    from jaxdet.modeling.conv import ConvTranspose
+
+    x = jax.random.normal(jax.random.key(0), (2, 5, 4, 3))
+    ref_mod = nn.ConvTranspose(4, (k, k), strides=(stride, stride), padding=padding)
+    ours_mod = ConvTranspose(4, (k, k), strides=(stride, stride), padding=padding)
+    params = ref_mod.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, ours_mod.init(jax.random.key(1), x))
+    np.testing.assert_allclose(ours_mod.apply(params, x), ref_mod.apply(params, x), rtol=1e-5, atol=1e-5)
+    g_ref = jax.grad(lambda p: jnp.sum(jnp.sin(ref_mod.apply(p, x))))(params)
+    g = jax.grad(lambda p: jnp.sum(jnp.sin(ours_mod.apply(p, x))))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), g, g_ref)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdet.modeling import losses
-from jaxdet.modeling.conv import Conv
+from jaxdet.modeling.conv import Conv, ConvTranspose
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +44,8 @@ class MaskRCNNHead(nn.Module):
     transposed conv + ReLU, 1x1 conv to C + 1 class channels).
 
     Parameter names follow torchvision's pre-0.13 / detectron2 names: ``mask_fcn1..N``, ``conv5_mask``,
-    ``mask_fcn_logits``. ``conv5_mask`` is a flax ``ConvTranspose`` (kernel [2, 2, in, out], not
-    ``transpose_kernel``): torchvision's ``ConvTranspose2d`` weight (in, out, kh, kw) equals it transposed to
+    ``mask_fcn_logits``. ``conv5_mask`` is a flax-compatible ``ConvTranspose`` (jaxdet.modeling.conv; kernel
+    [2, 2, in, out], not ``transpose_kernel``): torchvision's ``ConvTranspose2d`` weight (in, out, kh, kw) equals it transposed to
     (kh, kw, in, out) *and flipped* in both spatial axes (see ``checkpoints_convert/torchvision_mask_rcnn.py``).
 
     Attributes:
@@ -68,8 +68,8 @@ class MaskRCNNHead(nn.Module):
         for i in range(self.num_convs):
             x = nn.relu(Conv(self.conv_dim, (3, 3), padding=((1, 1), (1, 1)), kernel_init=_KAIMING_FAN_OUT,
                              dtype=self.dtype, name=f"mask_fcn{i + 1}")(x))
-        x = nn.relu(nn.ConvTranspose(self.conv_dim, (2, 2), strides=(2, 2), padding="VALID",
-                                     kernel_init=_KAIMING_FAN_OUT, dtype=self.dtype, name="conv5_mask")(x))
+        x = nn.relu(ConvTranspose(self.conv_dim, (2, 2), strides=(2, 2), padding="VALID",
+                                  kernel_init=_KAIMING_FAN_OUT, dtype=self.dtype, name="conv5_mask")(x))
         x = Conv(self.num_classes + 1, (1, 1), kernel_init=_KAIMING_FAN_OUT, dtype=self.dtype,
                  name="mask_fcn_logits")(x)
         return x.reshape(b, r, 2 * p, 2 * p, self.num_classes + 1).astype(jnp.float32)
