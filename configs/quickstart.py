@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.model.backbone.depth = 18
     c.model.backbone.width_multiplier = 0.25
-    c.model.backbone.norm = "bn"
+    c.model.backbone.norm = "syncbn"   # BatchNorm over the global batch (the same on one device)
     c.model.backbone.freeze_at = 0
     c.model.fpn.out_channels = 64
     c.model.anchor.sizes = ((16,), (32,), (64,), (128,), (256,))

@@ -40,6 +40,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from jaxdet.engine import parallel
 from jaxdet.engine.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,17 @@ ITEMS = ("variables", "train", "meta", "checksums")
 
 class CheckpointDamagedError(ValueError):
     """A checkpoint step cannot be read back intact (unreadable metadata or arrays, or a checksum mismatch)."""
+
+
+def use_distributed_barriers() -> None:
+    """Makes orbax synchronise processes with barriers of jax's coordination service (its absl flag
+    ``--experimental_orbax_use_distributed_barrier``) instead of device collectives, which on CPU (gloo)
+    fail when processes arrive more than 30 s apart. Call after ``jax.distributed.initialize``, in an absl
+    program (``python -m jaxdet.train``); the flag can also be given on the command line."""
+    from absl import flags
+
+    if "experimental_orbax_use_distributed_barrier" in flags.FLAGS:
+        flags.FLAGS.experimental_orbax_use_distributed_barrier = True
 
 
 def _handlers() -> dict:
@@ -84,13 +96,17 @@ def _flat(tree) -> dict[str, Any]:
 def tree_checksums(tree) -> dict[str, str] | None:
     """``{array path: "<dtype>[shape]:<crc32 of the bytes, 8 hex digits>"}`` of every array of ``tree``.
 
-    Paths are ``/``-joined keys (``"params/backbone/conv1/kernel"``). Returns None when an array is not
-    fully addressable from this process (model-parallel sharding), where no single host can hash it.
+    Paths are ``/``-joined keys (``"params/backbone/conv1/kernel"``). An array replicated over the devices
+    of several processes (the data-parallel train state) is hashed from this process's copy, so every
+    process computes the same table. Returns None when an array is split over processes (model-parallel
+    sharding), where no single host can hash it.
     """
     out = {}
     for k, v in _flat(tree).items():
         if not getattr(v, "is_fully_addressable", True):
-            return None
+            if not v.is_fully_replicated:
+                return None
+            v = v.addressable_data(0)
         a = np.asarray(jax.device_get(v))
         crc = zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
         out[k] = f"{a.dtype.str}{list(a.shape)}:{crc:08x}"
@@ -268,10 +284,7 @@ class Checkpointer:
             for s in steps:
                 dst = rename_aside(self.step_dir(s), ".damaged")
                 log.warning("moved the damaged checkpoint %s to %s", self.step_dir(s), dst)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("jaxdet_checkpoint_set_aside")
+        parallel.sync_processes("jaxdet_checkpoint_set_aside")
         self._mngr.reload()
 
     def wait(self) -> None:
@@ -414,10 +427,16 @@ def load_variables(path: str) -> tuple[dict, dict]:
     if "variables" not in present:
         held = sorted(d for d in os.listdir(where) if os.path.isdir(os.path.join(where, d)))
         raise ValueError(f"{where} is not a jaxdet checkpoint: it holds the item(s) {held} but no 'variables'")
-    items = {"variables": ocp.args.StandardRestore(), "meta": ocp.args.JsonRestore()}
+    items = {"meta": ocp.args.JsonRestore()}
     if "checksums" in present:
         items["checksums"] = ocp.args.JsonRestore()
     try:
+        # Read onto this process's first device whatever devices wrote it (e.g. 8 devices on 2 hosts):
+        # without a target orbax insists on the saving topology.
+        local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=local),
+                              mngr.item_metadata(step)["variables"])
+        items["variables"] = ocp.args.StandardRestore(target)
         out = mngr.restore(step, args=ocp.args.Composite(**{k: v for k, v in items.items()
                                                             if k in present}))
     except Exception as e:  # orbax raises several types for damaged/partial folders
@@ -478,9 +497,13 @@ def _short(items: list[str], n: int = 10) -> str:
     return ", ".join(items[:n]) + (f", ... (+{len(items) - n})" if len(items) > n else "")
 
 
-def abstract(tree: Any) -> Any:
-    """``jax.ShapeDtypeStruct`` s of a pytree (for restoring without allocating)."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+def abstract(tree: Any, sharding=None) -> Any:
+    """``jax.ShapeDtypeStruct`` s of a pytree (for restoring without allocating).
+
+    ``sharding`` (e.g. ``parallel.replicated(mesh)``) is where the restored arrays go; with several
+    processes it must be given, so that orbax restores global arrays (each process reading its shards).
+    """
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding), tree)
 
 
 def apply_meta_to_config(config, meta: dict, source: str) -> list[str]:

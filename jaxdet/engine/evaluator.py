@@ -20,6 +20,7 @@ from jaxdet.evaluation.coco import COCOEvaluator, detections_to_coco
 log = logging.getLogger(__name__)
 
 _MODEL_KEYS = ("image", "image_size")
+_HOST_KEYS = ("image_id", "image_valid", "image_size", "scale", "orig_size")  # what consume() reads
 
 
 def inference_on_dataset(predict_step, variables, dataset: CocoDataset, config, mesh: Mesh,
@@ -67,7 +68,7 @@ def inference_on_dataset(predict_step, variables, dataset: CocoDataset, config, 
     model_ids = list(dataset.category_ids if category_ids is None else category_ids)
     known = set(dataset.category_ids)
     dropped = [0]
-    t0, n_images = time.perf_counter(), 0
+    t0, n_images = time.perf_counter(), [0]
     pending = None
     evaluators = {"bbox": evaluator}
 
@@ -80,7 +81,9 @@ def inference_on_dataset(predict_step, variables, dataset: CocoDataset, config, 
         return evaluators[iou_type]
 
     def consume(host_batch, out):
-        out = jax.device_get(out)
+        # every process gets the whole global batch (a gather across processes when there are several)
+        host_batch, out = parallel.to_host(({k: host_batch[k] for k in _HOST_KEYS}, out))
+        n_images[0] += int(np.sum(host_batch["image_valid"]))
         results = detections_to_coco(host_batch["image_id"], out["boxes"], out["scores"], out["classes"],
                                      out["valid"], host_batch["scale"], host_batch["orig_size"], model_ids,
                                      host_batch["image_valid"], image_size=host_batch["image_size"],
@@ -101,7 +104,6 @@ def inference_on_dataset(predict_step, variables, dataset: CocoDataset, config, 
         if pending is not None:  # overlap host post-processing of batch i-1 with device work on batch i
             consume(*pending)
         pending = (batch, out)
-        n_images += int(np.sum(batch["image_valid"]))
     if pending is not None:
         consume(*pending)
     dt = time.perf_counter() - t0
@@ -113,7 +115,7 @@ def inference_on_dataset(predict_step, variables, dataset: CocoDataset, config, 
             metrics[iou_type] = ev.evaluate()
             log.info("%s AP %.2f  AP50 %.2f  AP75 %.2f", iou_type, metrics[iou_type]["AP"], metrics[iou_type]["AP50"],
                      metrics[iou_type]["AP75"])
-    metrics["inference_s_per_image"] = dt / max(n_images, 1)
-    log.info("evaluated %d images in %.1f s (%.3f s/image including data loading and compilation)", n_images, dt,
+    metrics["inference_s_per_image"] = dt / max(n_images[0], 1)
+    log.info("evaluated %d images in %.1f s (%.3f s/image including data loading and compilation)", n_images[0], dt,
              metrics["inference_s_per_image"])
     return metrics

@@ -11,7 +11,8 @@ import numpy as np
 
 
 def setup_logging(output_dir: str | None, process_index: int = 0) -> None:
-    """Logs INFO to stderr and (process 0) to ``output_dir/log.txt``; quiets chatty libraries."""
+    """Logs INFO to stderr and to ``output_dir/log.txt`` on process 0; other processes (multi-host) log only
+    warnings and errors, to stderr; quiets chatty libraries."""
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     for h in list(root.handlers):
@@ -19,6 +20,7 @@ def setup_logging(output_dir: str | None, process_index: int = 0) -> None:
     fmt = logging.Formatter("[%(asctime)s %(name)s] %(message)s", datefmt="%m/%d %H:%M:%S")
     h = logging.StreamHandler(sys.stderr)
     h.setFormatter(fmt)
+    h.setLevel(logging.INFO if process_index == 0 else logging.WARNING)
     root.addHandler(h)
     if output_dir and process_index == 0:
         os.makedirs(output_dir, exist_ok=True)
