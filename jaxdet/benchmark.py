@@ -41,7 +41,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxdet.data.coco import load_coco
-from jaxdet.data.pipeline import collate, load_example, make_train_iterator
+from jaxdet.data.pipeline import collate, instance_target_args, load_example, make_train_iterator
 from jaxdet.data.transforms import choose_canvas, resized_size
 from jaxdet.engine import parallel
 from jaxdet.engine.bootstrap import init_variables
@@ -142,7 +142,8 @@ class JaxdetRunner:
         step = make_train_step(self.model, tx, schedule, self.mesh, trainable=trainable)
         it = make_train_iterator(dataset, batch_size=batch_size, canvases=c.input.canvases,
                                  min_size_train=c.input.min_size_train, max_size_train=c.input.max_size_train,
-                                 max_instances=c.data.max_instances, seed=0, channel_order=c.input.format)
+                                 max_instances=c.data.max_instances, seed=0, channel_order=c.input.format,
+                                 **instance_target_args(c, dataset))
         first = None
         batches = []
         for _, b in it:
@@ -277,24 +278,28 @@ def run(config, args) -> dict:
                 t_t.append(time.perf_counter() - t0)
     train_ds = dataset
     if jd is not None:
-        res["jaxdet"] = {"inference_s_per_image": statistics.median(t_j),
-                         **jd.train_seconds(train_ds, args.train_batch, args.train_iters)}
+        res["jaxdet"] = {"inference_s_per_image": statistics.median(t_j)}
+        if args.train_iters > 0:
+            res["jaxdet"].update(jd.train_seconds(train_ds, args.train_batch, args.train_iters))
         res["jaxdet"]["compile_s"] = jd.compile_s
         res["jaxdet"]["xla_gflops"] = {k: v / 1e9 for k, v in jd.flops.items()}
         res["jaxdet"]["achieved_gflops_per_s"] = {
             "inference": jd.flops.get("inference", np.nan) / 1e9 / res["jaxdet"]["inference_s_per_image"],
-            "train": jd.flops.get("train", np.nan) / 1e9 / res["jaxdet"]["train_s_per_iter"]}
+            "train": jd.flops.get("train", np.nan) / 1e9 / res["jaxdet"].get("train_s_per_iter", np.nan)}
         res["jaxdet"]["compilations"] = len(_COMPILES)
-        res["jaxdet"]["loader_images_per_s"] = loader_images_per_s(config, train_ds, args.train_batch, 10)
+        if args.train_iters > 0:
+            res["jaxdet"]["loader_images_per_s"] = loader_images_per_s(config, train_ds, args.train_batch, 10)
     if tv is not None:
-        res["torchvision"] = {"inference_s_per_image": statistics.median(t_t),
-                              "train_s_per_iter": tv.train_seconds(train_ds, args.train_batch, args.train_iters,
-                                                                   config)}
+        res["torchvision"] = {"inference_s_per_image": statistics.median(t_t)}
+        if args.train_iters > 0:
+            res["torchvision"]["train_s_per_iter"] = tv.train_seconds(train_ds, args.train_batch, args.train_iters,
+                                                                      config)
     if args.only:
         res[args.only]["peak_rss_mb"] = peak_rss_mb()
     if jd is not None and tv is not None:
         res["ratio_jaxdet_over_torchvision"] = {
-            k: res["jaxdet"][k] / res["torchvision"][k] for k in ("inference_s_per_image", "train_s_per_iter")}
+            k: res["jaxdet"][k] / res["torchvision"][k] for k in ("inference_s_per_image", "train_s_per_iter")
+            if k in res["torchvision"]}
     return res
 
 
@@ -323,7 +328,7 @@ def print_table(res: dict) -> None:
     if "jaxdet" in res:
         j = res["jaxdet"]
         print(f"compile s: {j['compile_s']}  compilations: {j['compilations']}  XLA GFLOP: {j['xla_gflops']}  "
-              f"achieved GFLOP/s: {j['achieved_gflops_per_s']}  loader images/s: {j['loader_images_per_s']:.1f}")
+              f"achieved GFLOP/s: {j['achieved_gflops_per_s']}  loader images/s: {j.get('loader_images_per_s', np.nan):.1f}")
 
 
 def define_flags():
@@ -333,7 +338,7 @@ def define_flags():
     flags.DEFINE_enum("only", None, ["jaxdet", "torchvision"], "Benchmark one framework (peak memory).")
     flags.DEFINE_integer("num_images", 10, "Timed inference images (after the warm-up ones).")
     flags.DEFINE_integer("warmup", 2, "Untimed images first.")
-    flags.DEFINE_integer("train_iters", 5, "Timed training iterations (after one warm-up).")
+    flags.DEFINE_integer("train_iters", 5, "Timed training iterations (after one warm-up); 0: inference only.")
     flags.DEFINE_integer("train_batch", 2, "Training batch size.")
     flags.DEFINE_string("output", None, "JSON file for the results.")
 
