@@ -29,4 +29,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.mask_head.sampling_ratio = 2       # torchvision 2; detectron2 0 (adaptive)
     c.model.mask_head.conv_dim = 256
     c.model.mask_head.num_convs = 4
+    c.model.mask_head.max_train_rois = 0      # positives per image for the mask loss; 0 = all (torchvision)
     return c

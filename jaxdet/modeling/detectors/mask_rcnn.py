@@ -48,8 +48,11 @@ class MaskRCNN(FasterRCNN):
 
     def branch_losses(self, features, samples, batch, canvas_hw) -> dict[str, jax.Array]:
         """``loss_mask`` (torchvision ``maskrcnn_loss``) on the first ``roi_heads.num_positives`` sampled RoIs
-        of each image (the positives come first), counting those with ``labels > 0``."""
+        of each image (the positives come first, in random order), counting those with ``labels > 0``; at most
+        ``mask_head.max_train_rois`` of them when that is set."""
         n = min(self.roi_heads.num_positives, samples["rois"].shape[1])
+        if self.mask_config.max_train_rois:
+            n = min(n, self.mask_config.max_train_rois)
         rois = samples["rois"][:, :n]
         labels = samples["labels"][:, :n]
         matched = samples["matched_idxs"][:, :n]

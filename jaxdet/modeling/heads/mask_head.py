@@ -28,6 +28,9 @@ class MaskHeadConfig:
     sampling_ratio: int = 2
     conv_dim: int = 256
     num_convs: int = 4
+    #: positives per image given to the mask head in training; 0 = all ``roi_heads.num_positives`` (torchvision).
+    #: A smaller cap takes a random subset (the sampler's positives come in random order) and cuts the head's cost.
+    max_train_rois: int = 0
 
     @property
     def mask_size(self) -> int:
