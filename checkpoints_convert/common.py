@@ -18,8 +18,11 @@ __all__ = [
     "MSRA_PIXEL",
     "CAFFE2_PIXEL",
     "to_numpy",
+    "as_float32",
     "conv_oihw_to_hwio",
+    "conv_transpose_to_flax",
     "linear_to_dense",
+    "expect_shape",
     "flatten_tree",
     "unflatten_tree",
     "check_keys",
@@ -43,6 +46,19 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def as_float32(x: Any) -> np.ndarray:
+    """A torch tensor or array-like (any shape) -> a new C-contiguous float32 numpy array (e.g. a bias)."""
+    return np.ascontiguousarray(to_numpy(x)).astype(np.float32)
+
+
+def expect_shape(name: str, x: Any, shape: Tuple[int, ...], source: str) -> None:
+    """Check the shape of one checkpoint array ``x`` (anything ``np.shape`` accepts, e.g. a torch tensor).
+
+    Raises ValueError ``"<source>: <name> has shape (...), expected (...)"`` if ``np.shape(x) != shape``."""
+    if tuple(np.shape(x)) != tuple(shape):
+        raise ValueError(f"{source}: {name} has shape {tuple(np.shape(x))}, expected {tuple(shape)}")
+
+
 def conv_oihw_to_hwio(w: Any) -> np.ndarray:
     """Torch conv weight ``[O, I/groups, kh, kw]`` -> Flax kernel ``[kh, kw, I/groups, O]`` float32.
 
@@ -53,6 +69,20 @@ def conv_oihw_to_hwio(w: Any) -> np.ndarray:
     if w.ndim != 4:
         raise ValueError(f"expected a 4-D OIHW conv weight, got shape {w.shape}")
     return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0))).astype(np.float32)
+
+
+def conv_transpose_to_flax(w: Any) -> np.ndarray:
+    """Torch ``ConvTranspose2d`` weight ``[in, out, kh, kw]`` (groups 1) -> flax ``nn.ConvTranspose`` kernel
+    ``[kh, kw, in, out]`` float32 for ``transpose_kernel=False``, flipped in kh and kw.
+
+    torch computes ``y[s*i + a, s*j + b, o] += x[i, j, c] * w[c, o, a, b]``; flax's ``ConvTranspose`` (without
+    ``transpose_kernel``) is a cross-correlation of the stride-dilated input, which applies the kernel spatially
+    flipped. Matches ``torch.nn.ConvTranspose2d`` (tested against torch in ``tests/modeling/test_mask_rcnn.py``).
+    Raises ValueError if ``w`` is not 4-D."""
+    w = to_numpy(w)
+    if w.ndim != 4:
+        raise ValueError(f"expected a 4-D (in, out, kh, kw) transposed-conv weight, got shape {w.shape}")
+    return np.ascontiguousarray(np.transpose(w, (2, 3, 0, 1))[::-1, ::-1]).astype(np.float32)
 
 
 def linear_to_dense(w: Any) -> np.ndarray:

@@ -50,8 +50,10 @@ import numpy as np
 
 from checkpoints_convert.common import (
     TORCHVISION_PIXEL,
+    as_float32,
     check_keys,
     conv_oihw_to_hwio,
+    expect_shape,
     flatten_tree,
     linear_to_dense,
     to_numpy,
@@ -69,6 +71,9 @@ __all__ = [
     "TORCHVISION_COCO_CATEGORIES",
     "convert_fasterrcnn_resnet50_fpn",
     "fasterrcnn_config_overrides",
+    "torchvision_config_overrides",
+    "torchvision_meta",
+    "select_categories",
     "categories_from_annotations",
     "main",
 ]
@@ -105,10 +110,10 @@ _HEAD_KEYS = (
 )
 
 
-def fasterrcnn_config_overrides(num_classes: int, norm_eps: float) -> Dict[str, Any]:
-    """The jaxdet config fields (dotted keys of ``configs/faster_rcnn.py``) that torchvision's Faster R-CNN
-    weights need: pixel convention (RGB, ImageNet mean/std in 0..255 units), stride on the 3x3 conv,
-    FrozenBN ``norm_eps``, RoIAlign ``aligned=False`` / sampling ratio 2 and the number of classes."""
+def torchvision_config_overrides(num_classes: int, norm_eps: float) -> Dict[str, Any]:
+    """The jaxdet config fields (dotted keys) that every torchvision R50-FPN detector's weights need: the number of
+    classes, the pixel convention (RGB, ImageNet mean/std in 0..255 units), FrozenBN ``norm_eps`` and the stride on
+    the 3x3 conv. The families' ``*_config_overrides`` add their own switches to these."""
     return {
         "model.num_classes": int(num_classes),
         "model.pixel_mean": list(TORCHVISION_PIXEL["pixel_mean"]),
@@ -116,18 +121,34 @@ def fasterrcnn_config_overrides(num_classes: int, norm_eps: float) -> Dict[str, 
         "input.format": TORCHVISION_PIXEL["channel_order"],
         "model.backbone.norm_eps": float(norm_eps),
         "model.backbone.stride_in_1x1": False,
+    }
+
+
+def fasterrcnn_config_overrides(num_classes: int, norm_eps: float) -> Dict[str, Any]:
+    """The jaxdet config fields (dotted keys of ``configs/faster_rcnn.py``) that torchvision's Faster R-CNN
+    weights need: pixel convention (RGB, ImageNet mean/std in 0..255 units), stride on the 3x3 conv,
+    FrozenBN ``norm_eps``, RoIAlign ``aligned=False`` / sampling ratio 2 and the number of classes."""
+    return {
+        **torchvision_config_overrides(num_classes, norm_eps),
         "model.roi_heads.pooler_aligned": False,
         "model.roi_heads.pooler_sampling_ratio": 2,
     }
 
 
-def _f32(x: Any) -> np.ndarray:
-    return np.ascontiguousarray(to_numpy(x)).astype(np.float32)
-
-
-def _expect_shape(name: str, x: Any, shape: Tuple[int, ...], source: str) -> None:
-    if tuple(np.shape(x)) != tuple(shape):
-        raise ValueError(f"{source}: {name} has shape {tuple(np.shape(x))}, expected {tuple(shape)}")
+def torchvision_meta(arch: str, source: str, category_ids: list, class_names: list,
+                     config_overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """The JSON-able ``meta`` of a converted torchvision detector: ``source``, ``format`` ('torchvision'),
+    ``arch``, ``num_classes`` (= ``len(category_ids)``), ``category_ids``, ``class_names`` (as given, e.g. by
+    :func:`select_categories`) and ``config_overrides`` (the family's ``*_config_overrides``)."""
+    return {
+        "source": source,
+        "format": "torchvision",
+        "arch": arch,
+        "num_classes": len(category_ids),
+        "category_ids": category_ids,
+        "class_names": class_names,
+        "config_overrides": config_overrides,
+    }
 
 
 def _default_names(category_ids: Sequence[int], num_outputs: int) -> list:
@@ -141,6 +162,56 @@ def _default_names(category_ids: Sequence[int], num_outputs: int) -> list:
         else:
             names.append(f"class_{i}")
     return names
+
+
+def select_categories(
+    category_ids: Optional[Sequence[int]],
+    class_names: Optional[Sequence[str]],
+    num_outputs: int,
+    source: str,
+    first_id: int = 1,
+) -> Tuple[list, list]:
+    """The validated ``(ids, names)`` of the torchvision class outputs a converter keeps, in that order.
+
+    Args:
+      category_ids: torchvision output indices (= COCO category ids for the COCO models) that become the
+        contiguous jaxdet classes 0..C-1; distinct ints in ``first_id..num_outputs-1``. None: every output
+        ``1..num_outputs-1`` (C = K - 1; category id = torchvision label).
+      class_names: C names for the meta; None: COCO names for a 91-output model (unused ids become
+        ``'N/A (id 12)'``, output 0 ``'__background__'``), else ``'class_<id>'``.
+      num_outputs: K, the torchvision model's class outputs (91 for the COCO models; 0 = background).
+      source: file name (or description) for the error messages.
+      first_id: the smallest selectable output: 1 where output 0 is a softmax background (R-CNN, FCOS), 0 where
+        it is a sigmoid output like the others (RetinaNet, selectable for checks).
+
+    Returns:
+      ``(ids, names)``: two lists of C python ints / strs (JSON-able, for ``meta``).
+
+    Raises:
+      ValueError: ``category_ids`` empty, out of range or with duplicates; ``class_names`` not C long or with
+        duplicates. The messages name ``source``.
+    """
+    if category_ids is None:
+        ids = list(range(1, num_outputs))
+    else:
+        ids = [int(i) for i in category_ids]
+        if not ids:
+            raise ValueError(f"{source}: category_ids is empty")
+        bad = [i for i in ids if not first_id <= i < num_outputs]
+        if bad:
+            background = ", 0 = background" if first_id > 0 else ""
+            raise ValueError(f"{source}: category_ids {bad[:10]} are outside {first_id}..{num_outputs - 1} "
+                             f"(the model has {num_outputs} outputs{background})")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{source}: duplicate entries in category_ids {ids}")
+    if class_names is None:
+        return ids, _default_names(ids, num_outputs)
+    names = [str(n) for n in class_names]
+    if len(names) != len(ids):
+        raise ValueError(f"{source}: {len(names)} class_names for {len(ids)} category_ids")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{source}: duplicate entries in class_names")
+    return ids, names
 
 
 def convert_fasterrcnn_resnet50_fpn(
@@ -206,20 +277,20 @@ def convert_fasterrcnn_resnet50_fpn(
 
     # ---- RPN head
     w_conv = sd[rpn_conv + "weight"]
-    _expect_shape(rpn_conv + "weight", w_conv, (fpn_ch, fpn_ch, 3, 3), source)
+    expect_shape(rpn_conv + "weight", w_conv, (fpn_ch, fpn_ch, 3, 3), source)
     num_anchors = int(np.shape(sd["rpn.head.cls_logits.weight"])[0])
-    _expect_shape("rpn.head.cls_logits.weight", sd["rpn.head.cls_logits.weight"], (num_anchors, fpn_ch, 1, 1), source)
-    _expect_shape("rpn.head.bbox_pred.weight", sd["rpn.head.bbox_pred.weight"], (4 * num_anchors, fpn_ch, 1, 1),
-                  source)
+    expect_shape("rpn.head.cls_logits.weight", sd["rpn.head.cls_logits.weight"], (num_anchors, fpn_ch, 1, 1), source)
+    expect_shape("rpn.head.bbox_pred.weight", sd["rpn.head.bbox_pred.weight"], (4 * num_anchors, fpn_ch, 1, 1),
+                 source)
     rpn_head = {
-        "conv": {"kernel": conv_oihw_to_hwio(w_conv), "bias": _f32(sd[rpn_conv + "bias"])},
+        "conv": {"kernel": conv_oihw_to_hwio(w_conv), "bias": as_float32(sd[rpn_conv + "bias"])},
         "cls_logits": {"kernel": conv_oihw_to_hwio(sd["rpn.head.cls_logits.weight"]),
-                       "bias": _f32(sd["rpn.head.cls_logits.bias"])},
+                       "bias": as_float32(sd["rpn.head.cls_logits.bias"])},
         "bbox_pred": {"kernel": conv_oihw_to_hwio(sd["rpn.head.bbox_pred.weight"]),
-                      "bias": _f32(sd["rpn.head.bbox_pred.bias"])},
+                      "bias": as_float32(sd["rpn.head.bbox_pred.bias"])},
     }
     for name in ("conv", "cls_logits", "bbox_pred"):
-        _expect_shape(f"rpn.head.{name} bias", rpn_head[name]["bias"], (rpn_head[name]["kernel"].shape[-1],), source)
+        expect_shape(f"rpn.head.{name} bias", rpn_head[name]["bias"], (rpn_head[name]["kernel"].shape[-1],), source)
 
     # ---- box head: fc6 input rows (c, y, x) -> (y, x, c)
     w6 = to_numpy(sd["roi_heads.box_head.fc6.weight"])
@@ -231,9 +302,9 @@ def convert_fasterrcnn_resnet50_fpn(
     if s * s != s2:
         raise ValueError(f"{source}: fc6 input {w6.shape[1]} is not {fpn_ch} * S * S")
     fc6_kernel = w6.reshape(fc_dim, fpn_ch, s, s).transpose(2, 3, 1, 0).reshape(s * s * fpn_ch, fc_dim)
-    _expect_shape("roi_heads.box_head.fc6.bias", sd["roi_heads.box_head.fc6.bias"], (fc_dim,), source)
-    _expect_shape("roi_heads.box_head.fc7.weight", sd["roi_heads.box_head.fc7.weight"], (fc_dim, fc_dim), source)
-    _expect_shape("roi_heads.box_head.fc7.bias", sd["roi_heads.box_head.fc7.bias"], (fc_dim,), source)
+    expect_shape("roi_heads.box_head.fc6.bias", sd["roi_heads.box_head.fc6.bias"], (fc_dim,), source)
+    expect_shape("roi_heads.box_head.fc7.weight", sd["roi_heads.box_head.fc7.weight"], (fc_dim, fc_dim), source)
+    expect_shape("roi_heads.box_head.fc7.bias", sd["roi_heads.box_head.fc7.bias"], (fc_dim,), source)
 
     # ---- predictor with class selection
     w_cls = to_numpy(sd["roi_heads.box_predictor.cls_score.weight"])
@@ -241,58 +312,31 @@ def convert_fasterrcnn_resnet50_fpn(
         raise ValueError(f"{source}: roi_heads.box_predictor.cls_score.weight has shape {w_cls.shape}, "
                          f"expected [K >= 2, {fc_dim}]")
     k = w_cls.shape[0]
-    _expect_shape("roi_heads.box_predictor.cls_score.bias", sd["roi_heads.box_predictor.cls_score.bias"], (k,), source)
-    _expect_shape("roi_heads.box_predictor.bbox_pred.weight", sd["roi_heads.box_predictor.bbox_pred.weight"],
-                  (4 * k, fc_dim), source)
-    _expect_shape("roi_heads.box_predictor.bbox_pred.bias", sd["roi_heads.box_predictor.bbox_pred.bias"], (4 * k,),
-                  source)
-    if category_ids is None:
-        ids = list(range(1, k))
-    else:
-        ids = [int(i) for i in category_ids]
-        if not ids:
-            raise ValueError(f"{source}: category_ids is empty")
-        bad = [i for i in ids if not 1 <= i < k]
-        if bad:
-            raise ValueError(f"{source}: category_ids {bad[:10]} are outside 1..{k - 1} (the model has {k} outputs, "
-                             "0 = background)")
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"{source}: duplicate entries in category_ids {ids}")
-    if class_names is None:
-        names = _default_names(ids, k)
-    else:
-        names = [str(n) for n in class_names]
-        if len(names) != len(ids):
-            raise ValueError(f"{source}: {len(names)} class_names for {len(ids)} category_ids")
-        if len(set(names)) != len(names):
-            raise ValueError(f"{source}: duplicate entries in class_names")
+    expect_shape("roi_heads.box_predictor.cls_score.bias", sd["roi_heads.box_predictor.cls_score.bias"], (k,), source)
+    expect_shape("roi_heads.box_predictor.bbox_pred.weight", sd["roi_heads.box_predictor.bbox_pred.weight"],
+                 (4 * k, fc_dim), source)
+    expect_shape("roi_heads.box_predictor.bbox_pred.bias", sd["roi_heads.box_predictor.bbox_pred.bias"], (4 * k,),
+                 source)
+    ids, names = select_categories(category_ids, class_names, k, source)
     rows = np.asarray([0] + ids, np.int64)                                  # logit rows: background first
     box_rows = (4 * rows[:, None] + np.arange(4)[None, :]).reshape(-1)      # class-major (dx, dy, dw, dh) blocks
     w_box = to_numpy(sd["roi_heads.box_predictor.bbox_pred.weight"])
     box_head = {
-        "fc6": {"kernel": np.ascontiguousarray(fc6_kernel).astype(np.float32),
-                "bias": _f32(sd["roi_heads.box_head.fc6.bias"])},
+        "fc6": {"kernel": as_float32(fc6_kernel),
+                "bias": as_float32(sd["roi_heads.box_head.fc6.bias"])},
         "fc7": {"kernel": linear_to_dense(sd["roi_heads.box_head.fc7.weight"]),
-                "bias": _f32(sd["roi_heads.box_head.fc7.bias"])},
+                "bias": as_float32(sd["roi_heads.box_head.fc7.bias"])},
         "cls_score": {"kernel": linear_to_dense(w_cls[rows]),
-                      "bias": _f32(sd["roi_heads.box_predictor.cls_score.bias"])[rows]},
+                      "bias": as_float32(sd["roi_heads.box_predictor.cls_score.bias"])[rows]},
         "bbox_pred": {"kernel": linear_to_dense(w_box[box_rows]),
-                      "bias": _f32(sd["roi_heads.box_predictor.bbox_pred.bias"])[box_rows]},
+                      "bias": as_float32(sd["roi_heads.box_predictor.bbox_pred.bias"])[box_rows]},
     }
 
     variables = {
         "params": {"backbone": body["params"], "neck": fpn, "rpn_head": rpn_head, "box_head": box_head},
         "frozen": {"backbone": body["frozen"]},
     }
-    meta = {
-        "source": source,
-        "format": "torchvision",
-        "arch": _ARCH,
-        "num_classes": len(ids),
-        "category_ids": ids,
-        "class_names": names,
-        "config_overrides": fasterrcnn_config_overrides(len(ids), norm_eps),
-    }
+    meta = torchvision_meta(_ARCH, source, ids, names, fasterrcnn_config_overrides(len(ids), norm_eps))
     return variables, meta
 
 

@@ -26,9 +26,13 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
-from checkpoints_convert.common import TORCHVISION_PIXEL, check_keys, conv_oihw_to_hwio
+from checkpoints_convert.common import as_float32, check_keys, conv_oihw_to_hwio, expect_shape
 from checkpoints_convert.torchvision_backbone import convert_torchvision_fpn, convert_torchvision_resnet
-from checkpoints_convert.torchvision_detector import _default_names, _expect_shape, _f32
+from checkpoints_convert.torchvision_detector import (
+    select_categories,
+    torchvision_config_overrides,
+    torchvision_meta,
+)
 
 __all__ = ["convert_fcos_resnet50_fpn", "fcos_config_overrides"]
 
@@ -43,40 +47,11 @@ def fcos_config_overrides(num_classes: int, norm_eps: float, num_convs: int = 4)
     convention (RGB, ImageNet mean/std in 0..255 units), stride on the 3x3 conv, FrozenBN ``norm_eps``, P6 from
     P5, GroupNorm towers of ``num_convs`` blocks and the number of classes."""
     return {
-        "model.num_classes": int(num_classes),
-        "model.pixel_mean": list(TORCHVISION_PIXEL["pixel_mean"]),
-        "model.pixel_std": list(TORCHVISION_PIXEL["pixel_std"]),
-        "input.format": TORCHVISION_PIXEL["channel_order"],
-        "model.backbone.norm_eps": float(norm_eps),
-        "model.backbone.stride_in_1x1": False,
+        **torchvision_config_overrides(num_classes, norm_eps),
         "model.fpn.p6p7_in": "P5",
         "model.fcos.num_convs": int(num_convs),
         "model.fcos.head_norm": "gn",
     }
-
-
-def _select_categories(category_ids, class_names, k: int, source: str) -> Tuple[list, list]:
-    """Validated (ids, names) of the kept outputs; ids in 1..k-1 (0 is torchvision's background slot)."""
-    if category_ids is None:
-        ids = list(range(1, k))
-    else:
-        ids = [int(i) for i in category_ids]
-        if not ids:
-            raise ValueError(f"{source}: category_ids is empty")
-        bad = [i for i in ids if not 1 <= i < k]
-        if bad:
-            raise ValueError(f"{source}: category_ids {bad[:10]} are outside 1..{k - 1} (the model has {k} outputs, "
-                             "0 = background)")
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"{source}: duplicate entries in category_ids {ids}")
-    if class_names is None:
-        return ids, _default_names(ids, k)
-    names = [str(n) for n in class_names]
-    if len(names) != len(ids):
-        raise ValueError(f"{source}: {len(names)} class_names for {len(ids)} category_ids")
-    if len(set(names)) != len(names):
-        raise ValueError(f"{source}: duplicate entries in class_names")
-    return ids, names
 
 
 def convert_fcos_resnet50_fpn(
@@ -139,41 +114,33 @@ def convert_fcos_resnet50_fpn(
         raise ValueError(f"{source}: backbone.fpn has modules {sorted(fpn)}, expected {sorted(want_fpn)} "
                          "(C3..C5 with LastLevelP6P7, as fcos_resnet50_fpn)")
     ch = fpn["layer_0"]["kernel"].shape[-1]
-    _expect_shape("backbone.fpn.extra_blocks.p6.weight", fpn["p6"]["kernel"], (3, 3, ch, ch), source + " (P6 from P5)")
+    expect_shape("backbone.fpn.extra_blocks.p6.weight", fpn["p6"]["kernel"], (3, 3, ch, ch), source + " (P6 from P5)")
 
     head: Dict[str, Dict[str, Any]] = {}
     for tower, short in _TOWERS.items():
         for i in range(num_convs):
             conv, norm = f"head.{tower}.conv.{3 * i}.", f"head.{tower}.conv.{3 * i + 1}."
-            _expect_shape(conv + "weight", sd[conv + "weight"], (ch, ch, 3, 3), source)
+            expect_shape(conv + "weight", sd[conv + "weight"], (ch, ch, 3, 3), source)
             for name in (conv + "bias", norm + "weight", norm + "bias"):
-                _expect_shape(name, sd[name], (ch,), source)
+                expect_shape(name, sd[name], (ch,), source)
             head[f"{short}_conv{i}"] = {"kernel": conv_oihw_to_hwio(sd[conv + "weight"]),
-                                        "bias": _f32(sd[conv + "bias"])}
-            head[f"{short}_norm{i}"] = {"scale": _f32(sd[norm + "weight"]), "bias": _f32(sd[norm + "bias"])}
+                                        "bias": as_float32(sd[conv + "bias"])}
+            head[f"{short}_norm{i}"] = {"scale": as_float32(sd[norm + "weight"]), "bias": as_float32(sd[norm + "bias"])}
 
     w_cls = sd["head.classification_head.cls_logits.weight"]
     k = int(w_cls.shape[0])
-    ids, names = _select_categories(category_ids, class_names, k, source)
+    ids, names = select_categories(category_ids, class_names, k, source)
     for prefix, out in (("head.classification_head.cls_logits", k), ("head.regression_head.bbox_reg", 4),
                         ("head.regression_head.bbox_ctrness", 1)):
-        _expect_shape(prefix + ".weight", sd[prefix + ".weight"], (out, ch, 3, 3), source)
-        _expect_shape(prefix + ".bias", sd[prefix + ".bias"], (out,), source)
+        expect_shape(prefix + ".weight", sd[prefix + ".weight"], (out, ch, 3, 3), source)
+        expect_shape(prefix + ".bias", sd[prefix + ".bias"], (out,), source)
     for prefix, name in _PREDICTORS.items():
-        kernel, bias = conv_oihw_to_hwio(sd[prefix + ".weight"]), _f32(sd[prefix + ".bias"])
+        kernel, bias = conv_oihw_to_hwio(sd[prefix + ".weight"]), as_float32(sd[prefix + ".bias"])
         if name == "cls_logits":
             kernel, bias = kernel[..., ids], bias[ids]
         head[name] = {"kernel": kernel, "bias": bias}
 
     variables = {"params": {"backbone": body["params"], "neck": fpn, "head": head},
                  "frozen": {"backbone": body["frozen"]}}
-    meta = {
-        "source": source,
-        "format": "torchvision",
-        "arch": _ARCH,
-        "num_classes": len(ids),
-        "category_ids": ids,
-        "class_names": names,
-        "config_overrides": fcos_config_overrides(len(ids), norm_eps, num_convs),
-    }
+    meta = torchvision_meta(_ARCH, source, ids, names, fcos_config_overrides(len(ids), norm_eps, num_convs))
     return variables, meta

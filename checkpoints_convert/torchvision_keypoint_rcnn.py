@@ -10,7 +10,8 @@ conv + ReLU pairs, and ``KeypointRCNNPredictor``); everything else is the Faster
 ``kps_score_lowres`` is a ``ConvTranspose2d(512, K, 4, stride=2, padding=1)`` whose weight is stored
 (in, out, kh, kw). jaxdet's flax ``ConvTranspose`` (explicit padding 2 on the stride-dilated input, no
 ``transpose_kernel``) computes a plain convolution of the dilated input, so its kernel is torchvision's weight
-transposed to (kh, kw, in, out) and flipped in both spatial axes.
+transposed to (kh, kw, in, out) and flipped in both spatial axes
+(:func:`checkpoints_convert.common.conv_transpose_to_flax`).
 
 Classes: torchvision's keypoint model has 2 box outputs (background, person); by default the single class is
 COCO category 1, "person" (``person_keypoints_*.json``). No CLI here: the torchvision_detector CLI dispatches on
@@ -23,7 +24,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from checkpoints_convert.common import check_keys, conv_oihw_to_hwio, to_numpy
+from checkpoints_convert.common import as_float32, check_keys, conv_oihw_to_hwio, conv_transpose_to_flax, to_numpy
 from checkpoints_convert.torchvision_detector import convert_fasterrcnn_resnet50_fpn
 
 __all__ = ["convert_keypointrcnn_resnet50_fpn", "keypointrcnn_config_overrides"]
@@ -49,10 +50,6 @@ def keypointrcnn_config_overrides(num_classes: int, norm_eps: float, num_keypoin
         "model.keypoint_head.sampling_ratio": 2,
     })
     return out
-
-
-def _f32(x: Any) -> np.ndarray:
-    return np.ascontiguousarray(to_numpy(x)).astype(np.float32)
 
 
 def convert_keypointrcnn_resnet50_fpn(
@@ -118,7 +115,7 @@ def convert_keypointrcnn_resnet50_fpn(
         if len(shape) != 4 or shape[1:] != (in_ch, 3, 3) or tuple(np.shape(b)) != (shape[0],):
             raise ValueError(f"{source}: {_HEAD}{i}.weight has shape {shape} (bias {tuple(np.shape(b))}), expected "
                              f"[out, {in_ch}, 3, 3] and [out]")
-        head[f"conv_fcn{n + 1}"] = {"kernel": conv_oihw_to_hwio(w), "bias": _f32(b)}
+        head[f"conv_fcn{n + 1}"] = {"kernel": conv_oihw_to_hwio(w), "bias": as_float32(b)}
         dims.append(shape[0])
         in_ch = shape[0]
     w, b = to_numpy(sd[_PRED + "weight"]), sd[_PRED + "bias"]
@@ -126,8 +123,7 @@ def convert_keypointrcnn_resnet50_fpn(
         raise ValueError(f"{source}: {_PRED}weight has shape {tuple(w.shape)} (bias {tuple(np.shape(b))}), expected "
                          f"[{in_ch}, K, 4, 4] (ConvTranspose2d in, out, kh, kw) and [K]")
     num_keypoints = int(w.shape[1])
-    head["kps_score_lowres"] = {"kernel": np.ascontiguousarray(w.transpose(2, 3, 0, 1)[::-1, ::-1]).astype(np.float32),
-                                "bias": _f32(b)}
+    head["kps_score_lowres"] = {"kernel": conv_transpose_to_flax(w), "bias": as_float32(b)}
     variables["params"]["keypoint_head"] = head
 
     meta = dict(meta, arch=_ARCH, num_keypoints=num_keypoints,

@@ -24,9 +24,17 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from checkpoints_convert.common import check_keys, conv_oihw_to_hwio, to_numpy
+from checkpoints_convert.common import (
+    as_float32,
+    check_keys,
+    conv_oihw_to_hwio,
+    conv_transpose_to_flax,
+    expect_shape,
+    to_numpy,
+)
 from checkpoints_convert.torchvision_detector import convert_fasterrcnn_resnet50_fpn
 
+# conv_transpose_to_flax lives in common.py; re-exported here, where the mask converter introduced it.
 __all__ = ["convert_maskrcnn_resnet50_fpn", "conv_transpose_to_flax", "maskrcnn_config_overrides"]
 
 _ARCH = "maskrcnn_resnet50_fpn"
@@ -34,19 +42,6 @@ _NUM_CONVS = 4  # MaskRCNNHeads of maskrcnn_resnet50_fpn (v1): layers (256, 256,
 _MASK_PREFIXES = ("roi_heads.mask_head.", "roi_heads.mask_predictor.")
 _PREDICTOR_KEYS = tuple(f"roi_heads.mask_predictor.{m}.{t}" for m in ("conv5_mask", "mask_fcn_logits")
                         for t in ("weight", "bias"))
-
-
-def conv_transpose_to_flax(w: Any) -> np.ndarray:
-    """torch ``ConvTranspose2d`` weight (in, out, kh, kw) (groups 1) -> flax ``nn.ConvTranspose`` kernel
-    (kh, kw, in, out) float32 (``transpose_kernel=False``), flipped spatially (module docstring).
-
-    Raises:
-      ValueError: ``w`` is not 4-D.
-    """
-    w = to_numpy(w)
-    if w.ndim != 4:
-        raise ValueError(f"expected a 4-D (in, out, kh, kw) transposed-conv weight, got shape {w.shape}")
-    return np.ascontiguousarray(np.transpose(w, (2, 3, 0, 1))[::-1, ::-1]).astype(np.float32)
 
 
 def maskrcnn_config_overrides(faster_overrides: Mapping[str, Any]) -> Dict[str, Any]:
@@ -70,11 +65,6 @@ def _mask_conv_keys(sd: Mapping[str, Any], source: str) -> Tuple[list, list]:
     else:
         names = [f"roi_heads.mask_head.{i}.0." for i in range(_NUM_CONVS)]
     return [n + "weight" for n in names], [n + "bias" for n in names]
-
-
-def _expect_shape(name: str, x: Any, shape: Tuple[int, ...], source: str) -> None:
-    if tuple(np.shape(x)) != tuple(shape):
-        raise ValueError(f"{source}: {name} has shape {tuple(np.shape(x))}, expected {tuple(shape)}")
 
 
 def convert_maskrcnn_resnet50_fpn(
@@ -128,8 +118,8 @@ def convert_maskrcnn_resnet50_fpn(
         w = to_numpy(mask_sd[wk])
         if w.ndim != 4 or w.shape[1:] != (in_ch, 3, 3):
             raise ValueError(f"{source}: {wk} has shape {w.shape}, expected [out, {in_ch}, 3, 3]")
-        _expect_shape(bk, mask_sd[bk], (w.shape[0],), source)
-        head[f"mask_fcn{i + 1}"] = {"kernel": conv_oihw_to_hwio(w), "bias": to_numpy(mask_sd[bk]).astype(np.float32)}
+        expect_shape(bk, mask_sd[bk], (w.shape[0],), source)
+        head[f"mask_fcn{i + 1}"] = {"kernel": conv_oihw_to_hwio(w), "bias": as_float32(mask_sd[bk])}
         in_ch = w.shape[0]
 
     # ---- MaskRCNNPredictor: transposed conv, then 1x1 class logits (rows [0] + ids, as the box predictor)
@@ -138,20 +128,20 @@ def convert_maskrcnn_resnet50_fpn(
         raise ValueError(f"{source}: roi_heads.mask_predictor.conv5_mask.weight has shape {w5.shape}, expected "
                          f"[{in_ch}, dim_reduced, 2, 2]")
     dim_reduced = w5.shape[1]
-    _expect_shape("roi_heads.mask_predictor.conv5_mask.bias", mask_sd["roi_heads.mask_predictor.conv5_mask.bias"],
-                  (dim_reduced,), source)
+    expect_shape("roi_heads.mask_predictor.conv5_mask.bias", mask_sd["roi_heads.mask_predictor.conv5_mask.bias"],
+                 (dim_reduced,), source)
     k = int(np.shape(rest["roi_heads.box_predictor.cls_score.weight"])[0])
-    _expect_shape("roi_heads.mask_predictor.mask_fcn_logits.weight",
-                  mask_sd["roi_heads.mask_predictor.mask_fcn_logits.weight"], (k, dim_reduced, 1, 1), source)
-    _expect_shape("roi_heads.mask_predictor.mask_fcn_logits.bias",
-                  mask_sd["roi_heads.mask_predictor.mask_fcn_logits.bias"], (k,), source)
+    expect_shape("roi_heads.mask_predictor.mask_fcn_logits.weight",
+                 mask_sd["roi_heads.mask_predictor.mask_fcn_logits.weight"], (k, dim_reduced, 1, 1), source)
+    expect_shape("roi_heads.mask_predictor.mask_fcn_logits.bias",
+                 mask_sd["roi_heads.mask_predictor.mask_fcn_logits.bias"], (k,), source)
     rows = np.asarray([0] + list(meta["category_ids"]), np.int64)
     w_logits = to_numpy(mask_sd["roi_heads.mask_predictor.mask_fcn_logits.weight"])[rows]
     head["conv5_mask"] = {"kernel": conv_transpose_to_flax(w5),
-                          "bias": to_numpy(mask_sd["roi_heads.mask_predictor.conv5_mask.bias"]).astype(np.float32)}
+                          "bias": as_float32(mask_sd["roi_heads.mask_predictor.conv5_mask.bias"])}
     head["mask_fcn_logits"] = {
         "kernel": conv_oihw_to_hwio(w_logits),
-        "bias": to_numpy(mask_sd["roi_heads.mask_predictor.mask_fcn_logits.bias"]).astype(np.float32)[rows]}
+        "bias": as_float32(mask_sd["roi_heads.mask_predictor.mask_fcn_logits.bias"])[rows]}
 
     variables["params"]["mask_head"] = head
     meta["arch"] = _ARCH

@@ -27,9 +27,13 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from checkpoints_convert.common import TORCHVISION_PIXEL, check_keys, conv_oihw_to_hwio, to_numpy
+from checkpoints_convert.common import as_float32, check_keys, conv_oihw_to_hwio, expect_shape, to_numpy
 from checkpoints_convert.torchvision_backbone import convert_torchvision_fpn, convert_torchvision_resnet
-from checkpoints_convert.torchvision_detector import _default_names, _expect_shape, _f32
+from checkpoints_convert.torchvision_detector import (
+    select_categories,
+    torchvision_config_overrides,
+    torchvision_meta,
+)
 
 __all__ = ["convert_retinanet_resnet50_fpn", "retinanet_config_overrides"]
 
@@ -43,15 +47,7 @@ def retinanet_config_overrides(num_classes: int, norm_eps: float, p6p7_in: str =
     pixel convention (RGB, ImageNet mean/std in 0..255 units), stride on the 3x3 conv, FrozenBN ``norm_eps``, the
     P6/P7 input and the number of classes. ``model.fpn.p6p7_in`` also makes loading into a config without it (an
     R-CNN config) fail loudly."""
-    return {
-        "model.num_classes": int(num_classes),
-        "model.pixel_mean": list(TORCHVISION_PIXEL["pixel_mean"]),
-        "model.pixel_std": list(TORCHVISION_PIXEL["pixel_std"]),
-        "input.format": TORCHVISION_PIXEL["channel_order"],
-        "model.backbone.norm_eps": float(norm_eps),
-        "model.backbone.stride_in_1x1": False,
-        "model.fpn.p6p7_in": p6p7_in,
-    }
+    return {**torchvision_config_overrides(num_classes, norm_eps), "model.fpn.p6p7_in": p6p7_in}
 
 
 def _conv_prefixes(sd: Mapping[str, Any], subnet: str, source: str) -> Tuple[list, str]:
@@ -64,20 +60,6 @@ def _conv_prefixes(sd: Mapping[str, Any], subnet: str, source: str) -> Tuple[lis
     if has_new and has_old:
         raise ValueError(f"{source}: both {base}<i>.0.* and {base}<2i>.* present (mixed key styles)")
     return (old if has_old else new), base
-
-
-def _check_ids(category_ids: Optional[Sequence[int]], k: int, source: str) -> list:
-    if category_ids is None:
-        return list(range(1, k))
-    ids = [int(i) for i in category_ids]
-    if not ids:
-        raise ValueError(f"{source}: category_ids is empty")
-    bad = [i for i in ids if not 0 <= i < k]
-    if bad:
-        raise ValueError(f"{source}: category_ids {bad[:10]} are outside 0..{k - 1} (the model has {k} outputs)")
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{source}: duplicate entries in category_ids {ids}")
-    return ids
 
 
 def convert_retinanet_resnet50_fpn(
@@ -152,35 +134,27 @@ def convert_retinanet_resnet50_fpn(
         raise ValueError(f"{source}: head.regression_head.bbox_reg.weight has shape {w_box.shape}, expected "
                          f"[4 * A, {ch}, 3, 3]")
     a = w_box.shape[0] // 4
-    _expect_shape("head.regression_head.bbox_reg.weight", w_box, (4 * a, ch, 3, 3), source)
-    _expect_shape("head.regression_head.bbox_reg.bias", sd["head.regression_head.bbox_reg.bias"], (4 * a,), source)
+    expect_shape("head.regression_head.bbox_reg.weight", w_box, (4 * a, ch, 3, 3), source)
+    expect_shape("head.regression_head.bbox_reg.bias", sd["head.regression_head.bbox_reg.bias"], (4 * a,), source)
     if w_cls.ndim != 4 or w_cls.shape[0] % a:
         raise ValueError(f"{source}: head.classification_head.cls_logits.weight has shape {w_cls.shape}, expected "
                          f"[{a} * K, {ch}, 3, 3]")
     k = w_cls.shape[0] // a
-    _expect_shape("head.classification_head.cls_logits.weight", w_cls, (a * k, ch, 3, 3), source)
-    _expect_shape("head.classification_head.cls_logits.bias", sd["head.classification_head.cls_logits.bias"],
-                  (a * k,), source)
-    ids = _check_ids(category_ids, k, source)
-    if class_names is None:
-        names = _default_names(ids, k)
-    else:
-        names = [str(n) for n in class_names]
-        if len(names) != len(ids):
-            raise ValueError(f"{source}: {len(names)} class_names for {len(ids)} category_ids")
-        if len(set(names)) != len(names):
-            raise ValueError(f"{source}: duplicate entries in class_names")
+    expect_shape("head.classification_head.cls_logits.weight", w_cls, (a * k, ch, 3, 3), source)
+    expect_shape("head.classification_head.cls_logits.bias", sd["head.classification_head.cls_logits.bias"],
+                 (a * k,), source)
+    ids, names = select_categories(category_ids, class_names, k, source, first_id=0)  # 0: a sigmoid output too
     columns = (np.arange(a)[:, None] * k + np.asarray(ids, np.int64)[None, :]).reshape(-1)  # per anchor, per class
 
     head: Dict[str, Any] = {}
     for subnet, pred in _SUBNETS:
         tree = {}
         for i, p in enumerate(conv_prefixes[subnet]):
-            _expect_shape(p + "weight", sd[p + "weight"], (ch, ch, 3, 3), source)
-            _expect_shape(p + "bias", sd[p + "bias"], (ch,), source)
-            tree[f"conv_{i}"] = {"kernel": conv_oihw_to_hwio(sd[p + "weight"]), "bias": _f32(sd[p + "bias"])}
+            expect_shape(p + "weight", sd[p + "weight"], (ch, ch, 3, 3), source)
+            expect_shape(p + "bias", sd[p + "bias"], (ch,), source)
+            tree[f"conv_{i}"] = {"kernel": conv_oihw_to_hwio(sd[p + "weight"]), "bias": as_float32(sd[p + "bias"])}
         w = to_numpy(sd[f"head.{subnet}.{pred}.weight"])
-        b = _f32(sd[f"head.{subnet}.{pred}.bias"])
+        b = as_float32(sd[f"head.{subnet}.{pred}.bias"])
         if pred == "cls_logits":
             w, b = w[columns], b[columns]
         tree[pred] = {"kernel": conv_oihw_to_hwio(w), "bias": np.ascontiguousarray(b)}
@@ -190,13 +164,5 @@ def convert_retinanet_resnet50_fpn(
         "params": {"backbone": body["params"], "neck": fpn, "head": head},
         "frozen": {"backbone": body["frozen"]},
     }
-    meta = {
-        "source": source,
-        "format": "torchvision",
-        "arch": _ARCH,
-        "num_classes": len(ids),
-        "category_ids": ids,
-        "class_names": names,
-        "config_overrides": retinanet_config_overrides(len(ids), norm_eps, p6p7_in),
-    }
+    meta = torchvision_meta(_ARCH, source, ids, names, retinanet_config_overrides(len(ids), norm_eps, p6p7_in))
     return variables, meta

@@ -49,8 +49,8 @@ from checkpoints_convert.torchvision_detector import convert_fasterrcnn_resnet50
 from jaxdet.config import load_config  # noqa: E402
 from jaxdet.engine.checkpoint import apply_meta_to_config  # noqa: E402
 from jaxdet.modeling.build import build_detector  # noqa: E402
-from tests.convert.test_faster_rcnn_parity import (  # noqa: E402  (the parity test's reference model)
-    IMAGES, TV_MEAN01, TV_STD01, _load_image, _reference_model, _run_torchvision)
+from tests.convert.parity_utils import (  # noqa: E402  (the parity tests' reference model)
+    FASTER_RCNN_IMAGES as IMAGES, TV_MEAN01, TV_STD01, _load_image, _reference_model, _run_torchvision)
 
 COCO128 = os.path.join(os.path.dirname(REPO), "shared", "data", "coco128")
 

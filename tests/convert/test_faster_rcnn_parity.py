@@ -32,21 +32,15 @@ import copy
 import functools
 import json
 import os
-import pathlib
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
 
 torch = pytest.importorskip("torch")
-import torchvision  # noqa: E402
-from pycocotools.coco import COCO  # noqa: E402
-from torchvision.models.detection.image_list import ImageList  # noqa: E402
 
-from checkpoints_convert.common import check_shapes  # noqa: E402
 from checkpoints_convert.torchvision_detector import (  # noqa: E402
     COCO_CATEGORY_IDS,
     COCO_CLASS_NAMES,
@@ -56,156 +50,27 @@ from checkpoints_convert.torchvision_detector import (  # noqa: E402
 )
 from jaxdet.config import load_config  # noqa: E402
 from jaxdet.engine.checkpoint import apply_meta_to_config, load_variables  # noqa: E402
-from jaxdet.evaluation.coco import COCOEvaluator, detections_to_coco  # noqa: E402
 from jaxdet.modeling.build import build_detector  # noqa: E402
 from jaxdet.modeling.detectors.faster_rcnn import RPN_LEVELS  # noqa: E402
 from jaxdet.modeling.heads import rpn as rpn_lib  # noqa: E402
+from tests.convert.parity_utils import (  # noqa: E402
+    E2E_BOX_TOL, E2E_DET_SCORE_TOL, FASTER_RCNN_IMAGES, FEATURE_REL_TOL, REPO, STAGE_BOX_TOL, STAGE_DET_SCORE_TOL,
+    TV_LEVELS, TV_MEAN01, TV_STD01, _assert_box_aps_match, _assert_features_match, _assert_float64_features,
+    _assert_original_pixel_detections_match, _assert_same_up_to_ties, _check_converted_tree, _dets, _end_to_end,
+    _feature_errors, _float64, _float64_detection_errors, _jaxdet_input, _load_image, _nhwc, _np, _pad_proposals,
+    _postprocess, _pseudo_ground_truth, _reference_model, _run_torchvision, _torchvision_input,
+)
 
-torch.set_num_threads(2)
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "faster_rcnn.py"
-TV_MEAN01 = np.array([0.485, 0.456, 0.406], np.float32)
-TV_STD01 = np.array([0.229, 0.224, 0.225], np.float32)
-#: 640x480 landscape x4, 480x640 portrait x2 (two canvases: 800x1088 and 1088x800).
-IMAGES = ("000000000089.jpg", "000000000110.jpg", "000000000133.jpg", "000000000164.jpg",
-          "000000000064.jpg", "000000000142.jpg")
-CALIBRATION_IMAGES = ("000000000030.jpg", "000000000034.jpg", "000000000036.jpg", "000000000042.jpg")
-TV_LEVELS = {"0": "P2", "1": "P3", "2": "P4", "3": "P5", "pool": "P6"}
+IMAGES = FASTER_RCNN_IMAGES  # 640x480 landscape x4, 480x640 portrait x2 (two canvases: 800x1088 and 1088x800)
 FLOAT64_IMAGE = 1        # index into IMAGES of the image also run in float64
 FEWER_PROPOSALS = 300    # the stage test also runs the box head on the top-300 proposals (padding path)
 
-# Tolerances (see the module docstring for where they come from).
-FEATURE_REL_TOL = 1e-4
-STAGE_BOX_TOL, STAGE_RPN_SCORE_TOL, STAGE_DET_SCORE_TOL = 0.01, 1e-5, 1e-4
-E2E_BOX_TOL, E2E_RPN_SCORE_TOL, E2E_DET_SCORE_TOL = 0.1, 5e-5, 1e-3
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-def _load_image(path) -> torch.Tensor:
-    """RGB image file -> [3, H, W] float32 in 0..1 (torchvision detection input)."""
-    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255.0
-
-
-def _reference_model(root, builder=None) -> torch.nn.Module:
-    """Seeded torchvision detector with calibrated-then-randomised BatchNorm (see module docstring).
-
-    ``builder``: the torchvision constructor (default ``fasterrcnn_resnet50_fpn``); the other families' parity tests
-    pass theirs (``maskrcnn_resnet50_fpn``, ``retinanet_resnet50_fpn``, ...) to get the same recipe."""
-    builder = builder or torchvision.models.detection.fasterrcnn_resnet50_fpn
-    torch.manual_seed(0)
-    model = builder(weights=None, weights_backbone=None)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert bns and all(m.eps == 1e-5 for m in bns)
-    calib = torch.cat([torch.nn.functional.interpolate(_load_image(root / "train2017" / f)[None], size=(320, 416),
-                                                       mode="bilinear") for f in CALIBRATION_IMAGES])
-    calib = (calib - torch.from_numpy(TV_MEAN01)[:, None, None]) / torch.from_numpy(TV_STD01)[:, None, None]
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in bns:  # cumulative batch statistics of the calibration batch
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        model.backbone.body(calib)
-        model.eval()
-        for m in bns:
-            c = m.weight.shape[0]
-            m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.copy_(torch.randn(c, generator=g) * 0.2)
-            m.running_mean.add_(torch.randn(c, generator=g) * 0.1 * m.running_var.sqrt())
-            m.running_var.mul_(torch.rand(c, generator=g) * 0.5 + 0.75)
-            # ~3% of the channels get a running_var of the order of eps (weight rescaled so that the output
-            # keeps its size): there eps 1e-5 vs 0 changes the scale by up to 3.3x, so the norm_eps the
-            # converter records must be the one the model uses (as with the published eps-0 weights).
-            small = torch.rand(c, generator=g) < 0.03
-            var = torch.rand(c, generator=g) * 2e-5 + 1e-6
-            m.weight.copy_(torch.where(small, m.weight * ((var + m.eps) / (m.running_var + m.eps)).sqrt(), m.weight))
-            m.running_var.copy_(torch.where(small, var, m.running_var))
-    return model
-
-
-def _run_torchvision(model, image_list, proposals=None):
-    """features (dict), proposals [P, 4], RPN scores [P], detections of torchvision's stages (batch of 1)."""
-    recorded = {}
-    original = model.rpn.filter_proposals
-
-    def filter_proposals(*args, **kwargs):  # record the RPN's objectness probabilities next to the boxes
-        boxes, scores = original(*args, **kwargs)
-        recorded["scores"] = scores
-        return boxes, scores
-
-    model.rpn.filter_proposals = filter_proposals
-    try:
-        with torch.no_grad():
-            features = model.backbone(image_list.tensors)
-            props, _ = model.rpn(image_list, features)
-            dets, _ = model.roi_heads(features, props, image_list.image_sizes)
-    finally:
-        del model.rpn.filter_proposals
-    return features, props[0], recorded["scores"][0], dets[0]
-
-
-def _np(d):
-    return {k: v.detach().cpu().numpy() for k, v in d.items()}
-
-
-def _match(ref_boxes, ref_scores, ref_classes, boxes, scores, classes, box_tol, score_tol):
-    """One-to-one matching of reference items to ours, tie-aware.
-
-    Reference item i (in descending score order) takes the closest (max-abs coordinate difference) unmatched item
-    of ours with the same class, ``|score difference| <= score_tol`` and box difference ``<= box_tol``. Returns
-    (pairs [(i, j)], unmatched reference indices, unmatched indices of ours, max box diff, max score diff)."""
-    used = np.zeros(len(boxes), bool)
-    pairs, missing = [], []
-    box_err = score_err = 0.0
-    for i in np.argsort(-ref_scores, kind="stable"):
-        cand = np.nonzero(~used & (classes == ref_classes[i]) & (np.abs(scores - ref_scores[i]) <= score_tol))[0]
-        if cand.size:
-            d = np.abs(boxes[cand] - ref_boxes[i]).max(axis=1)
-            k = int(np.argmin(d))
-            if d[k] <= box_tol:
-                j = int(cand[k])
-                used[j] = True
-                pairs.append((int(i), j))
-                box_err = max(box_err, float(d[k]))
-                score_err = max(score_err, abs(float(scores[j]) - float(ref_scores[i])))
-                continue
-        missing.append(int(i))
-    return pairs, missing, np.nonzero(~used)[0].tolist(), box_err, score_err
-
-
-def _assert_same_up_to_ties(what, ref, ours, box_tol, score_tol, max_err, cap=None, cap_score=None):
-    """ref/ours: (boxes [N, 4], scores [N], classes [N]). Same items (one-to-one, boxes within ``box_tol``,
-    scores within ``score_tol``) and the same order up to near-ties (sorted scores agree element-wise).
-
-    ``cap``: the static output count (1000 proposals, 100 detections). When the reference list was full
-    (``cap_score``: its lowest score, given when ``ref`` is a filtered view of such a list), the last places are
-    decided by a top-``cap`` cut, and items of the two lists whose scores are within ``score_tol`` of that cut
-    score can differ in equal numbers: a near-tie at the cut."""
-    assert len(ours[0]) == len(ref[0]), f"{what}: {len(ours[0])} items, reference has {len(ref[0])}"
-    pairs, missing, extra, box_err, score_err = _match(*ref, *ours, box_tol, score_tol)
-    at_cut = 0
-    if cap is not None and len(ref[0]) == cap:
-        cap_score = ref[1].min()
-    if cap_score is not None and len(missing) == len(extra):
-        cut = cap_score
-        if all(ref[1][i] - cut <= score_tol for i in missing) and all(ours[1][j] - cut <= score_tol for j in extra):
-            at_cut, missing, extra = len(missing), [], []
-    assert not missing and not extra, (
-        f"{what}: reference items {missing[:10]} unmatched, our items {extra[:10]} unmatched "
-        f"(box tol {box_tol} px, score tol {score_tol}); reference scores {ref[1][missing[:5]]}, "
-        f"ours {ours[1][extra[:5]]}, lowest reference score {ref[1].min()}")
-    np.testing.assert_allclose(np.sort(ours[1])[::-1], np.sort(ref[1])[::-1], rtol=0, atol=score_tol,
-                               err_msg=f"{what}: sorted scores differ")
-    assert np.all(np.diff(ours[1]) <= 0), f"{what}: our items are not sorted by score"
-    old = max_err.get(what, (0.0, 0.0, 0))
-    max_err[what] = (max(old[0], box_err), max(old[1], score_err), old[2] + at_cut)
-
-
-def _pad_proposals(boxes, n=1000):
-    out = np.zeros((1, n, 4), np.float32)
-    out[0, : len(boxes)] = boxes
-    return out, (np.arange(n) < len(boxes))[None]
+# Tolerances (see the module docstring for where they come from): FEATURE_REL_TOL, STAGE_BOX_TOL,
+# STAGE_DET_SCORE_TOL, E2E_BOX_TOL and E2E_DET_SCORE_TOL live in parity_utils (shared with the Mask and Keypoint
+# R-CNN tests); the RPN's are this test's own.
+STAGE_RPN_SCORE_TOL = 1e-5
+E2E_RPN_SCORE_TOL = 5e-5
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
@@ -231,9 +96,7 @@ def parity(coco128_root, reference_model, converted):
     except for the float64 image)."""
     variables, _, _, model = converted
 
-    @jax.jit
-    def end_to_end(v, batch):
-        return model.apply(v, batch, train=False, mutable=["intermediates"])
+    end_to_end = _end_to_end(model)
 
     def stages(module, features, image_size, proposals, proposals_valid, canvas_hw):
         """jaxdet's RPN on ``features`` and its box head on the *given* proposals (the FasterRCNN.__call__
@@ -249,25 +112,16 @@ def parity(coco128_root, reference_model, converted):
 
     out = []
     for idx, name in enumerate(IMAGES):
-        image = _load_image(coco128_root / "train2017" / name)
-        with torch.no_grad():
-            image_list, _ = reference_model.transform([image])
-        feats_t, props_t, rpn_scores_t, dets_t = _run_torchvision(reference_model, image_list)
-        with torch.no_grad():
-            post_t = reference_model.transform.postprocess([dict(dets_t)], image_list.image_sizes,
-                                                           [tuple(image.shape[1:])])[0]
-        canvas = tuple(image_list.tensors.shape[2:])
-        image_size = np.asarray([image_list.image_sizes[0]], np.int32)
-        pixels = (image_list.tensors[0].numpy().transpose(1, 2, 0) * TV_STD01 + TV_MEAN01) * 255.0
-        batch = {"image": jnp.asarray(pixels[None]), "image_size": jnp.asarray(image_size)}
+        image, image_list = _torchvision_input(reference_model, coco128_root, name)
+        feats_torch, props_t, rpn_scores_t, dets_t = _run_torchvision(reference_model, image_list)
+        post_t = _postprocess(reference_model, dets_t, image_list, image)
+        canvas, image_size, batch = _jaxdet_input(image_list)
 
         dets_j, inter = end_to_end(variables, batch)
         inter = inter["intermediates"]
         feats_j = {k: np.asarray(v) for k, v in inter["features"][0].items()}
-        feats_torch = feats_t
-        feats_t = {TV_LEVELS[k]: v[0].numpy().transpose(1, 2, 0) for k, v in feats_torch.items()}
-        feat_err = {k: (float(np.abs(feats_j[k][0] - feats_t[k]).max()), float(np.abs(feats_t[k]).max()))
-                    for k in TV_LEVELS.values()}
+        feats_t = _nhwc(feats_torch, TV_LEVELS)
+        feat_err = _feature_errors(feats_j, feats_t, TV_LEVELS.values())
 
         # jaxdet RPN on its own features (gives its proposal scores) ...
         dummy, dummy_valid = _pad_proposals(props_t.numpy())
@@ -304,22 +158,6 @@ def parity(coco128_root, reference_model, converted):
     return out
 
 
-@pytest.fixture(scope="module")
-def max_err():
-    """Largest differences seen per comparison (printed at the end of the module for docs/parity_faster_rcnn.md)."""
-    errs = {}
-    yield errs
-    print("\nmeasured max differences:", json.dumps(errs, indent=1, default=float))
-
-
-def _dets(d):
-    """(boxes, scores, classes as torchvision labels) of a torchvision dict or a jaxdet output dict."""
-    if "labels" in d:
-        return d["boxes"], d["scores"], d["labels"]
-    v = d["valid"]
-    return d["boxes"][v], d["scores"][v], d["classes"][v] + 1
-
-
 # ----------------------------------------------------------------------------------------------- parity tests
 def test_reference_is_not_degenerate(parity):
     """The comparison is only worth something if the reference produces full, confident, spread outputs."""
@@ -346,11 +184,7 @@ def test_reference_depends_on_norm_eps(reference_model, coco128_root):
 
 
 def test_fpn_features_match(parity, max_err):
-    for r in parity:
-        for level, (diff, scale) in r["feat_err"].items():
-            assert scale > 1.0
-            assert diff <= FEATURE_REL_TOL * scale, f"{r['name']} {level}: max|diff| {diff} > 1e-4 * {scale}"
-            max_err[f"feature {level} (relative)"] = max(max_err.get(f"feature {level} (relative)", 0), diff / scale)
+    _assert_features_match(parity, FEATURE_REL_TOL, max_err)
 
 
 def test_rpn_proposals_match_on_reference_features(parity, max_err):
@@ -397,68 +231,14 @@ def test_end_to_end_differences_are_float32_rounding(parity, reference_model, ma
     """Justifies the end-to-end tolerances: torchvision run in float64 is the exact answer; jaxdet (float32) is no
     further from it than torchvision's own float32 run (within a factor 2), for features and detections."""
     r = parity[FLOAT64_IMAGE]
-    model64 = copy.deepcopy(reference_model).double()
-    il = r["image_list"]
-    feats64, _, _, dets64 = _run_torchvision(model64, ImageList(il.tensors.double(), il.image_sizes))
-    for k, v in feats64.items():
-        ref = v[0].numpy().transpose(1, 2, 0)
-        err_tv = np.abs(r["feats_t"][TV_LEVELS[k]] - ref).max()
-        err_jx = np.abs(r["feats_j"][TV_LEVELS[k]] - ref).max()
-        max_err[f"float64 reference: {TV_LEVELS[k]} relative error of torchvision float32 / jaxdet"] = (
-            err_tv / np.abs(ref).max(), err_jx / np.abs(ref).max())
-        assert err_jx <= 2 * err_tv, f"{TV_LEVELS[k]}: jaxdet {err_jx} vs torchvision float32 {err_tv} from float64"
-    ref = tuple(np.asarray(x, np.float64) for x in _dets(_np(dets64)))
-    errs = {}
-    for who, d in (("torchvision float32", _dets(r["tv"]["dets"])), ("jaxdet", _dets(r["e2e"]["dets"]))):
-        pairs, missing, extra, box_err, score_err = _match(*ref, *d, E2E_BOX_TOL, E2E_DET_SCORE_TOL)
-        assert not missing and not extra, (who, missing, extra)
-        errs[who] = (box_err, score_err)
-    max_err["float64 reference: detections (box px, score) of torchvision float32 / jaxdet"] = errs
+    feats64, _, _, dets64 = _run_torchvision(*_float64(reference_model, r["image_list"]))
+    _assert_float64_features(feats64, r, TV_LEVELS, max_err)
+    errs = _float64_detection_errors(dets64, r, E2E_BOX_TOL, E2E_DET_SCORE_TOL, max_err)
     # torchvision's own float32 error is the same order as the end-to-end tolerances ...
     assert 1e-3 < errs["torchvision float32"][0] < E2E_BOX_TOL and 3e-5 < errs["torchvision float32"][1] < E2E_DET_SCORE_TOL
     # ... and jaxdet is no further from the exact result than torchvision itself.
     assert errs["jaxdet"][0] <= 2 * errs["torchvision float32"][0]
     assert errs["jaxdet"][1] <= 2 * errs["torchvision float32"][1]
-
-
-def _coco_results(r, which):
-    """COCO result dicts (original-image pixels) of torchvision's postprocess or of jaxdet's detections
-    through ``detections_to_coco``; only the 80 COCO-2017 categories (torchvision's 'N/A' outputs dropped)."""
-    if which == "torchvision":
-        p = r["tv"]["post"]
-        res = [{"image_id": r["image_id"], "category_id": int(l), "score": float(s),
-                "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]}
-               for b, s, l in zip(p["boxes"], p["scores"], p["labels"])]
-    else:
-        d = r["e2e"]["dets"]
-        res = detections_to_coco([r["image_id"]], d["boxes"][None], d["scores"][None], d["classes"][None],
-                                 d["valid"][None], [1.0], [r["orig_size"]], list(range(1, 91)),
-                                 image_size=[r["image_size"]])
-    return [x for x in res if x["category_id"] in set(COCO_CATEGORY_IDS)]
-
-
-def _pseudo_ground_truth(parity, categories):
-    """A COCO ground truth made of torchvision's detections with score >= 0.15, each box side moved by up to 15%
-    of its size (seeded): gives a mid-range AP that reacts to any change of boxes, scores or classes (with random
-    weights the real coco128 AP of both models is 0)."""
-    rng = np.random.default_rng(0)
-    images, anns = [], []
-    for r in parity:
-        h, w = r["orig_size"]
-        images.append({"id": r["image_id"], "height": h, "width": w, "file_name": r["name"]})
-        for res in _coco_results(r, "torchvision"):
-            if res["score"] < 0.15:
-                continue
-            x, y, bw, bh = res["bbox"]
-            x1, y1, x2, y2 = np.array([x, y, x + bw, y + bh]) + rng.uniform(-0.15, 0.15, 4) * [bw, bh, bw, bh]
-            x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
-            if x2 - x1 > 1 and y2 - y1 > 1:
-                anns.append({"id": len(anns) + 1, "image_id": r["image_id"], "category_id": res["category_id"],
-                             "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
-    gt = COCO()
-    gt.dataset = {"images": images, "annotations": anns, "categories": categories}
-    gt.createIndex()
-    return gt, len(anns)
 
 
 def test_coco_ap_matches(parity, coco128_root, max_err):
@@ -468,36 +248,18 @@ def test_coco_ap_matches(parity, coco128_root, max_err):
     gt_json = coco128_root / "annotations" / "instances_train2017.json"
     categories = json.loads(gt_json.read_text())["categories"]
     for r in parity:
-        t, j = _coco_results(r, "torchvision"), _coco_results(r, "jaxdet")
-        xyxy = lambda rs: np.array([[b[0], b[1], b[0] + b[2], b[1] + b[3]] for b in (x["bbox"] for x in rs)])
-        _assert_same_up_to_ties(
-            f"original-pixel detections {r['name']}",
-            (xyxy(t), np.array([x["score"] for x in t]), np.array([x["category_id"] for x in t])),
-            (xyxy(j), np.array([x["score"] for x in j]), np.array([x["category_id"] for x in j])),
-            E2E_BOX_TOL, E2E_DET_SCORE_TOL, max_err,
+        _assert_original_pixel_detections_match(
+            r, E2E_BOX_TOL, E2E_DET_SCORE_TOL, max_err,
             cap_score=r["tv"]["dets"]["scores"].min() if len(r["tv"]["dets"]["scores"]) == 100 else None)
     pseudo_gt, n_gt = _pseudo_ground_truth(parity, categories)
     assert n_gt > 50
-    for label, gt in (("coco128", str(gt_json)), ("pseudo", pseudo_gt)):
-        ap = {}
-        for which in ("torchvision", "jaxdet"):
-            ev = COCOEvaluator(gt, COCO_CATEGORY_IDS, COCO_CLASS_NAMES)
-            for r in parity:
-                ev.add(_coco_results(r, which), image_ids=[r["image_id"]])
-            ap[which] = ev.evaluate()
-        max_err[f"AP {label} (torchvision, jaxdet)"] = (ap["torchvision"]["AP"], ap["jaxdet"]["AP"])
-        for key in ("AP", "AP50", "AP75"):
-            assert abs(ap["torchvision"][key] - ap["jaxdet"][key]) <= 0.1, (label, key, ap)
-        if label == "pseudo":
-            assert 20 < ap["torchvision"]["AP"] < 90, ap["torchvision"]["AP"]
+    _assert_box_aps_match(parity, (("coco128", str(gt_json)), ("pseudo", pseudo_gt)), max_err)
 
 
 # ----------------------------------------------------------------------------------------------- converter
 def test_converted_tree_is_the_models(converted):
     variables, meta, config, model = converted
-    batch = {"image": jnp.zeros((1, 64, 64, 3), jnp.uint8), "image_size": jnp.array([[64, 64]], jnp.int32)}
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))
-    check_shapes(variables, shapes, "converted fasterrcnn_resnet50_fpn")
+    _check_converted_tree(variables, model, "converted fasterrcnn_resnet50_fpn")
     assert meta["category_ids"] == list(range(1, 91)) and meta["num_classes"] == 90
     assert meta["class_names"][0] == "person" and meta["class_names"][11] == "N/A (id 12)"
     assert len(set(meta["class_names"])) == 90

@@ -16,7 +16,8 @@ Images: the Faster R-CNN parity images without the last one: 4 landscape 640x480
 800/1333 (canvases 800x1088 and 1088x800, where P6/P7 have torchvision's uneven strides 61x64 and 114x120 and
 the transposed ones). jaxdet gets torchvision's transform output, un-normalised to 0..255 pixels.
 
-Comparisons (helpers imported from the Faster R-CNN parity test: tie-aware one-to-one matching of detections):
+Comparisons (helpers shared with the other parity tests in ``parity_utils.py``: tie-aware one-to-one matching of
+detections):
   * stage: jaxdet's head + post-processing (:meth:`FCOS.detect`) on torchvision's FPN features: head outputs
     (relative 1e-5), detections with classes identical, boxes within 0.01 px, scores within 1e-4;
   * end to end: pixels in; FPN features within 1e-4 relative, detections (classes identical) within 0.02 px and
@@ -26,10 +27,8 @@ Comparisons (helpers imported from the Faster R-CNN parity test: tie-aware one-t
 """
 from __future__ import annotations
 
-import copy
 import functools
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -38,35 +37,23 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torchvision  # noqa: E402
-from torchvision.models.detection.image_list import ImageList  # noqa: E402
 
-from checkpoints_convert.common import check_shapes  # noqa: E402
 from checkpoints_convert.torchvision_detector import COCO_CATEGORY_IDS, COCO_CLASS_NAMES  # noqa: E402
 from checkpoints_convert.torchvision_fcos import convert_fcos_resnet50_fpn  # noqa: E402
 from jaxdet.config import load_config  # noqa: E402
 from jaxdet.engine.checkpoint import apply_meta_to_config  # noqa: E402
-from jaxdet.evaluation.coco import COCOEvaluator  # noqa: E402
 from jaxdet.modeling.build import build_detector  # noqa: E402
 from jaxdet.modeling.detectors.fcos import FCOS, HEAD_LEVELS  # noqa: E402
-from tests.convert import test_faster_rcnn_parity as frcnn  # noqa: E402
-from tests.convert.test_faster_rcnn_parity import (  # noqa: E402
-    TV_MEAN01,
-    TV_STD01,
-    _assert_same_up_to_ties,
-    _coco_results,
-    _dets,
-    _load_image,
-    _match,
-    _np,
-    _pseudo_ground_truth,
+from tests.convert import parity_utils  # noqa: E402
+from tests.convert.parity_utils import (  # noqa: E402
+    FASTER_RCNN_IMAGES, REPO, TV_LEVELS_P3_P7, _assert_box_aps_match, _assert_features_match,
+    _assert_float64_features, _assert_original_pixel_detections_match, _assert_same_up_to_ties,
+    _check_converted_tree, _dets, _end_to_end, _feature_errors, _float64, _float64_detection_errors, _jaxdet_input,
+    _nhwc, _np, _postprocess, _pseudo_ground_truth, _record, _torchvision_input,
 )
 
-torch.set_num_threads(2)
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "fcos.py"
-IMAGES = frcnn.IMAGES[:5]          # 4 landscape, 1 portrait
-TV_LEVELS = {"0": "P3", "1": "P4", "2": "P5", "p6": "P6", "p7": "P7"}
+IMAGES = FASTER_RCNN_IMAGES[:5]    # 4 landscape, 1 portrait
 FLOAT64_IMAGE = 1
 
 # Tolerances. Stage: the same features in, so only the head's float32 rounding (measured: 8e-7..1.6e-6 relative
@@ -96,7 +83,7 @@ def _make_head_confident(model) -> None:
 def _reference_model(root) -> torch.nn.Module:
     """The Faster R-CNN parity reference's seeding and BatchNorm calibration, applied to ``fcos_resnet50_fpn``
     (which has the same ``backbone.body``), then a confident head."""
-    model = frcnn._reference_model(root, torchvision.models.detection.fcos_resnet50_fpn)
+    model = parity_utils._reference_model(root, torchvision.models.detection.fcos_resnet50_fpn)
     assert isinstance(model, torchvision.models.detection.FCOS) and not model.training
     _make_head_confident(model)
     return model
@@ -137,9 +124,7 @@ def parity(coco128_root, reference_model, converted):
     image; keeps detections and error numbers (full features only for the float64 image)."""
     variables, _, _, model = converted
 
-    @jax.jit
-    def end_to_end(v, batch):
-        return model.apply(v, batch, train=False, mutable=["intermediates"])
+    end_to_end = _end_to_end(model)
 
     @functools.partial(jax.jit, static_argnums=(3,))
     def stage(v, features, image_size, canvas_hw):
@@ -147,27 +132,20 @@ def parity(coco128_root, reference_model, converted):
 
     out = []
     for idx, name in enumerate(IMAGES):
-        image = _load_image(coco128_root / "train2017" / name)
-        with torch.no_grad():
-            image_list, _ = reference_model.transform([image])
+        image, image_list = _torchvision_input(reference_model, coco128_root, name)
         feats_torch, head_t, dets_t = _run_torchvision(reference_model, image_list)
-        with torch.no_grad():
-            post_t = reference_model.transform.postprocess([dict(dets_t)], image_list.image_sizes,
-                                                           [tuple(image.shape[1:])])[0]
-            if idx == 0:  # the step-by-step run is FCOS.forward
+        post_t = _postprocess(reference_model, dets_t, image_list, image)
+        if idx == 0:  # the step-by-step run is FCOS.forward
+            with torch.no_grad():
                 full = reference_model([image])[0]
-                for k in ("boxes", "scores", "labels"):
-                    torch.testing.assert_close(full[k], post_t[k], rtol=0, atol=0)
-        canvas = tuple(image_list.tensors.shape[2:])
-        image_size = np.asarray([image_list.image_sizes[0]], np.int32)
-        pixels = (image_list.tensors[0].numpy().transpose(1, 2, 0) * TV_STD01 + TV_MEAN01) * 255.0
-        batch = {"image": jnp.asarray(pixels[None]), "image_size": jnp.asarray(image_size)}
+            for k in ("boxes", "scores", "labels"):
+                torch.testing.assert_close(full[k], post_t[k], rtol=0, atol=0)
+        canvas, image_size, batch = _jaxdet_input(image_list)
 
         dets_j, inter = jax.device_get(end_to_end(variables, batch))
         feats_j = {k: np.asarray(v) for k, v in inter["intermediates"]["features"][0].items()}
-        feats_t = {TV_LEVELS[k]: v[0].numpy().transpose(1, 2, 0) for k, v in feats_torch.items()}
-        feat_err = {k: (float(np.abs(feats_j[k][0] - feats_t[k]).max()), float(np.abs(feats_t[k]).max()))
-                    for k in HEAD_LEVELS}
+        feats_t = _nhwc(feats_torch, TV_LEVELS_P3_P7)
+        feat_err = _feature_errors(feats_j, feats_t, HEAD_LEVELS)
 
         st_dets, st_inter = jax.device_get(stage(
             variables, {k: jnp.asarray(v[None]) for k, v in feats_t.items()}, image_size, canvas))
@@ -194,18 +172,6 @@ def parity(coco128_root, reference_model, converted):
     return out
 
 
-@pytest.fixture(scope="module")
-def max_err():
-    """Largest differences seen per comparison (printed at the end of the module for docs/parity_fcos.md)."""
-    errs = {}
-    yield errs
-    print("\nmeasured max differences:", json.dumps(errs, indent=1, default=float))
-
-
-def _record(max_err, key, value):
-    max_err[key] = max(max_err.get(key, 0.0), value)
-
-
 # ----------------------------------------------------------------------------------------------- parity tests
 def test_reference_is_not_degenerate(parity):
     """Full, spread outputs: 100 detections per image over several classes, and more candidates above the score
@@ -219,11 +185,7 @@ def test_reference_is_not_degenerate(parity):
 
 
 def test_fpn_features_match(parity, max_err):
-    for r in parity:
-        for level, (diff, scale) in r["feat_err"].items():
-            assert scale > 1.0
-            assert diff <= FEATURE_REL_TOL * scale, f"{r['name']} {level}: max|diff| {diff} > 1e-4 * {scale}"
-            _record(max_err, f"feature {level} (relative)", diff / scale)
+    _assert_features_match(parity, FEATURE_REL_TOL, max_err)
 
 
 def test_head_outputs_match_on_reference_features(parity, max_err):
@@ -251,23 +213,9 @@ def test_end_to_end_differences_are_float32_rounding(parity, reference_model, ma
     """torchvision in float64 is the exact answer; jaxdet (float32) is no further from it than torchvision's own
     float32 run (within a factor 2), for features and detections."""
     r = parity[FLOAT64_IMAGE]
-    model64 = copy.deepcopy(reference_model).double()
-    il = r["image_list"]
-    feats64, _, dets64 = _run_torchvision(model64, ImageList(il.tensors.double(), il.image_sizes))
-    for k, v in feats64.items():
-        ref = v[0].numpy().transpose(1, 2, 0)
-        err_tv = np.abs(r["feats_t"][TV_LEVELS[k]] - ref).max()
-        err_jx = np.abs(r["feats_j"][TV_LEVELS[k]] - ref).max()
-        max_err[f"float64 reference: {TV_LEVELS[k]} relative error of torchvision float32 / jaxdet"] = (
-            err_tv / np.abs(ref).max(), err_jx / np.abs(ref).max())
-        assert err_jx <= 2 * err_tv, f"{TV_LEVELS[k]}: jaxdet {err_jx} vs torchvision float32 {err_tv} from float64"
-    ref = tuple(np.asarray(x, np.float64) for x in _dets(_np(dets64)))
-    errs = {}
-    for who, d in (("torchvision float32", _dets(r["tv"]["dets"])), ("jaxdet", _dets(r["e2e"]["dets"]))):
-        _, missing, extra, box_err, score_err = _match(*ref, *d, E2E_BOX_TOL, E2E_SCORE_TOL)
-        assert not missing and not extra, (who, missing, extra)
-        errs[who] = (box_err, score_err)
-    max_err["float64 reference: detections (box px, score) of torchvision float32 / jaxdet"] = errs
+    feats64, _, dets64 = _run_torchvision(*_float64(reference_model, r["image_list"]))
+    _assert_float64_features(feats64, r, TV_LEVELS_P3_P7, max_err)
+    errs = _float64_detection_errors(dets64, r, E2E_BOX_TOL, E2E_SCORE_TOL, max_err)
     # torchvision's own float32 error is not negligible (measured 0.0016 px, 1.1e-5) ...
     assert errs["torchvision float32"][0] > 2e-4 and errs["torchvision float32"][1] > 2e-6
     # ... and jaxdet is no further from the exact result than torchvision itself.
@@ -282,35 +230,17 @@ def test_coco_ap_matches(parity, coco128_root, max_err):
     gt_json = coco128_root / "annotations" / "instances_train2017.json"
     categories = json.loads(gt_json.read_text())["categories"]
     for r in parity:
-        t, j = _coco_results(r, "torchvision"), _coco_results(r, "jaxdet")
-        xyxy = lambda rs: np.array([[b[0], b[1], b[0] + b[2], b[1] + b[3]] for b in (x["bbox"] for x in rs)])
-        _assert_same_up_to_ties(
-            f"original-pixel detections {r['name']}",
-            (xyxy(t), np.array([x["score"] for x in t]), np.array([x["category_id"] for x in t])),
-            (xyxy(j), np.array([x["score"] for x in j]), np.array([x["category_id"] for x in j])),
-            E2E_BOX_TOL, E2E_SCORE_TOL, max_err, cap_score=r["tv"]["dets"]["scores"].min())
+        _assert_original_pixel_detections_match(r, E2E_BOX_TOL, E2E_SCORE_TOL, max_err,
+                                                cap_score=r["tv"]["dets"]["scores"].min())
     pseudo_gt, n_gt = _pseudo_ground_truth(parity, categories)
     assert n_gt > 50
-    for label, gt in (("coco128", str(gt_json)), ("pseudo", pseudo_gt)):
-        ap = {}
-        for which in ("torchvision", "jaxdet"):
-            ev = COCOEvaluator(gt, COCO_CATEGORY_IDS, COCO_CLASS_NAMES)
-            for r in parity:
-                ev.add(_coco_results(r, which), image_ids=[r["image_id"]])
-            ap[which] = ev.evaluate()
-        max_err[f"AP {label} (torchvision, jaxdet)"] = (ap["torchvision"]["AP"], ap["jaxdet"]["AP"])
-        for key in ("AP", "AP50", "AP75"):
-            assert abs(ap["torchvision"][key] - ap["jaxdet"][key]) <= 0.1, (label, key, ap)
-        if label == "pseudo":
-            assert 20 < ap["torchvision"]["AP"] < 90, ap["torchvision"]["AP"]
+    _assert_box_aps_match(parity, (("coco128", str(gt_json)), ("pseudo", pseudo_gt)), max_err)
 
 
 # ----------------------------------------------------------------------------------------------- converter
 def test_converted_tree_is_the_models(converted):
     variables, meta, config, model = converted
-    batch = {"image": jnp.zeros((1, 64, 64, 3), jnp.uint8), "image_size": jnp.array([[64, 64]], jnp.int32)}
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))
-    check_shapes(variables, shapes, "converted fcos_resnet50_fpn")
+    _check_converted_tree(variables, model, "converted fcos_resnet50_fpn")
     assert meta["arch"] == "fcos_resnet50_fpn" and meta["category_ids"] == list(range(1, 91))
     assert meta["class_names"][0] == "person" and meta["class_names"][11] == "N/A (id 12)"
     assert meta["config_overrides"]["model.fpn.p6p7_in"] == "P5" and config.model.fcos.num_convs == 4

@@ -1,7 +1,7 @@
 """torchvision ``keypointrcnn_resnet50_fpn`` converted to jaxdet gives torchvision's detections, keypoints and COCO
 box / keypoint AP on real coco128 images (issue 4), plus the converter's key handling.
 
-The reference is built exactly as in ``tests/convert/test_faster_rcnn_parity.py`` (its helpers are imported):
+The reference is built exactly as in ``tests/convert/test_faster_rcnn_parity.py`` (helpers in ``parity_utils.py``):
 ``keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None)``, ``torch.manual_seed(0)``, BatchNorm calibrated on
 four coco128 images then randomised, eval mode; 2 box classes (background, person), K = 17. One change: both
 models keep ``DETECTIONS`` = 20 detections per image instead of 100 (torchvision ``box_detections_per_img``,
@@ -29,11 +29,9 @@ What is compared (tolerances measured, see docs/parity_keypoint_rcnn.md):
 """
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -44,38 +42,21 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
-from torchvision.models.detection.image_list import ImageList  # noqa: E402
 
-from checkpoints_convert.common import check_shapes  # noqa: E402
 from checkpoints_convert.torchvision_keypoint_rcnn import convert_keypointrcnn_resnet50_fpn  # noqa: E402
 from jaxdet.config import load_config  # noqa: E402
 from jaxdet.engine.checkpoint import apply_meta_to_config  # noqa: E402
-from jaxdet.evaluation.coco import COCOEvaluator, detections_to_coco  # noqa: E402
+from jaxdet.evaluation.coco import detections_to_coco  # noqa: E402
 from jaxdet.modeling.build import build_detector  # noqa: E402
 from jaxdet.modeling.detectors.keypoint_rcnn import KeypointRCNN  # noqa: E402
 from jaxdet.ops.keypoints import heatmaps_to_keypoints  # noqa: E402
-from tests.convert.test_faster_rcnn_parity import (  # noqa: E402
-    E2E_BOX_TOL,
-    E2E_DET_SCORE_TOL,
-    FEATURE_REL_TOL,
-    STAGE_BOX_TOL,
-    STAGE_DET_SCORE_TOL,
-    TV_LEVELS,
-    TV_MEAN01,
-    TV_STD01,
-    _assert_same_up_to_ties,
-    _dets,
-    _load_image,
-    _match,
-    _np,
-    _pad_proposals,
-    _reference_model,
-    _run_torchvision,
+from tests.convert.parity_utils import (  # noqa: E402
+    E2E_BOX_TOL, E2E_DET_SCORE_TOL, FEATURE_REL_TOL, REPO, STAGE_BOX_TOL, STAGE_DET_SCORE_TOL, TV_LEVELS,
+    _assert_ap_match, _assert_same_up_to_ties, _check_converted_tree, _coco_ap, _dets, _end_to_end, _feature_errors,
+    _float64, _jaxdet_input, _match, _nhwc, _np, _pad_proposals, _postprocess, _record, _reference_model,
+    _run_torchvision, _torchvision_input,
 )
 
-torch.set_num_threads(2)
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "keypoint_rcnn.py"
 #: five 640x480 images with people: one canvas, 800x1088
 IMAGES = ("000000000257.jpg", "000000000389.jpg", "000000000110.jpg", "000000000531.jpg", "000000000192.jpg")
@@ -126,9 +107,7 @@ def parity(coco128_root, reference_model, converted):
     """Runs torchvision and jaxdet on every image; keeps small outputs (features as error numbers)."""
     variables, _, _, model = converted
 
-    @jax.jit
-    def end_to_end(v, batch):
-        return model.apply(v, batch, train=False, mutable=["intermediates"])
+    end_to_end = _end_to_end(model)
 
     def stages(module, features, image_size, proposals, proposals_valid, tv_boxes, canvas_hw):
         """jaxdet's box head + keypoint branch on the *given* proposals, and its keypoint branch (heatmap logits,
@@ -149,26 +128,18 @@ def parity(coco128_root, reference_model, converted):
     out = []
     try:
         for idx, name in enumerate(IMAGES):
-            image = _load_image(coco128_root / "train2017" / name)
-            with torch.no_grad():
-                image_list, _ = reference_model.transform([image])
+            image, image_list = _torchvision_input(reference_model, coco128_root, name)
             logits_seen.clear()
             feats_t, props_t, rpn_scores_t, dets_t = _run_torchvision(reference_model, image_list)
             (tv_logits,) = logits_seen
-            with torch.no_grad():
-                post_t = reference_model.transform.postprocess([dict(dets_t)], image_list.image_sizes,
-                                                               [tuple(image.shape[1:])])[0]
-            canvas = tuple(image_list.tensors.shape[2:])
-            image_size = np.asarray([image_list.image_sizes[0]], np.int32)
-            pixels = (image_list.tensors[0].numpy().transpose(1, 2, 0) * TV_STD01 + TV_MEAN01) * 255.0
-            batch = {"image": jnp.asarray(pixels[None]), "image_size": jnp.asarray(image_size)}
+            post_t = _postprocess(reference_model, dets_t, image_list, image)
+            canvas, image_size, batch = _jaxdet_input(image_list)
 
             dets_j, inter = jax.device_get(end_to_end(variables, batch))
             inter = inter["intermediates"]
             feats_j = inter["features"][0]
-            feats_t = {TV_LEVELS[k]: v[0].numpy().transpose(1, 2, 0) for k, v in feats_t.items()}
-            feat_err = {k: (float(np.abs(feats_j[k][0] - feats_t[k]).max()), float(np.abs(feats_t[k]).max()))
-                        for k in TV_LEVELS.values()}
+            feats_t = _nhwc(feats_t, TV_LEVELS)
+            feat_err = _feature_errors(feats_j, feats_t, TV_LEVELS.values())
 
             props, props_valid = _pad_proposals(props_t.numpy())
             dets_np = _np(dets_t)
@@ -189,18 +160,6 @@ def parity(coco128_root, reference_model, converted):
     finally:
         hook.remove()
     return out
-
-
-@pytest.fixture(scope="module")
-def max_err():
-    """Largest differences seen per comparison (printed at the end of the module for docs/parity_keypoint_rcnn.md)."""
-    errs = {}
-    yield errs
-    print("\nmeasured max differences:", json.dumps(errs, indent=1, default=float))
-
-
-def _record(max_err, key, value, reduce=max):
-    max_err[key] = reduce(max_err[key], value) if key in max_err else value
 
 
 def _tv_map_value(logits, box, xy):
@@ -303,13 +262,12 @@ def test_end_to_end_keypoint_differences_are_float32_rounding(parity, reference_
     torchvision's own float32 keypoints show the same kind of differences (sub-0.1 px shifts with the boxes,
     argmax near-ties) as jaxdet's, of the same size."""
     r = parity[FLOAT64_IMAGE]
-    model64 = copy.deepcopy(reference_model).double()
+    model64, image_list64 = _float64(reference_model, r["image_list"])
     logits64 = []
     hook = model64.roi_heads.keypoint_predictor.register_forward_hook(
         lambda mod, inp, out: logits64.append(out.detach().numpy().copy()))
     try:
-        il = r["image_list"]
-        _, _, _, dets64 = _run_torchvision(model64, ImageList(il.tensors.double(), il.image_sizes))
+        _, _, _, dets64 = _run_torchvision(model64, image_list64)
     finally:
         hook.remove()
     ref = _np(dets64)
@@ -388,24 +346,15 @@ def test_coco_box_and_keypoint_ap_match(parity, max_err):
     gt, n = _pseudo_ground_truth(parity)
     assert n >= 35
     for iou_type in ("bbox", "keypoints"):
-        ap = {}
-        for which in ("torchvision", "jaxdet"):
-            ev = COCOEvaluator(gt, [1], ["person"], iou_type=iou_type)
-            for r in parity:
-                ev.add(_results(r, which, iou_type), image_ids=[r["image_id"]])
-            ap[which] = ev.evaluate()
-        max_err[f"{iou_type} AP pseudo (torchvision, jaxdet)"] = (ap["torchvision"]["AP"], ap["jaxdet"]["AP"])
-        for key in ("AP", "AP50", "AP75"):
-            assert abs(ap["torchvision"][key] - ap["jaxdet"][key]) <= 0.1, (iou_type, key, ap)
+        ap = _coco_ap(gt, parity, functools.partial(_results, iou_type=iou_type), iou_type, [1], ["person"])
+        _assert_ap_match(ap, iou_type, max_err, f"{iou_type} AP pseudo (torchvision, jaxdet)")
         assert 20 < ap["torchvision"]["AP"] < 90, (iou_type, ap["torchvision"]["AP"])
 
 
 # ----------------------------------------------------------------------------------------------- converter
 def test_converted_tree_is_the_models(converted):
     variables, meta, config, model = converted
-    batch = {"image": jnp.zeros((1, 64, 64, 3), jnp.uint8), "image_size": jnp.array([[64, 64]], jnp.int32)}
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, method=KeypointRCNN.initialize))
-    check_shapes(variables, shapes, "converted keypointrcnn_resnet50_fpn")
+    _check_converted_tree(variables, model, "converted keypointrcnn_resnet50_fpn", method=KeypointRCNN.initialize)
     assert meta["arch"] == "keypointrcnn_resnet50_fpn" and meta["num_classes"] == 1 and meta["num_keypoints"] == K
     assert meta["category_ids"] == [1] and meta["class_names"] == ["person"]
     ov = meta["config_overrides"]

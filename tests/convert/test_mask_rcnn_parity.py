@@ -1,7 +1,7 @@
 """torchvision ``maskrcnn_resnet50_fpn`` (v1) converted to jaxdet gives torchvision's detections, 28x28 masks,
 pasted masks and COCO box/mask AP on real coco128 images (issue 4), plus the converter's key/class handling.
 
-The reference is built exactly as in ``tests/convert/test_faster_rcnn_parity.py`` (its helpers are imported):
+The reference is built exactly as in ``tests/convert/test_faster_rcnn_parity.py`` (helpers in ``parity_utils.py``):
 ``maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)``, ``torch.manual_seed(0)``, BatchNorm calibrated on
 four coco128 images then randomised, eval mode, all 91 outputs kept. One change: the mask predictor's class
 logits (``mask_fcn_logits``) are scaled by ``MASK_LOGIT_SCALE`` after seeding. With the raw random weights the
@@ -30,10 +30,8 @@ What is compared (tolerances measured, see docs/parity_mask_rcnn.md):
 """
 from __future__ import annotations
 
-import copy
 import functools
 import json
-import pathlib
 import re
 
 import jax
@@ -46,39 +44,21 @@ import torchvision  # noqa: E402
 from pycocotools import mask as mask_util  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 
-from checkpoints_convert.common import check_shapes  # noqa: E402
-from checkpoints_convert.torchvision_detector import COCO_CATEGORY_IDS, COCO_CLASS_NAMES  # noqa: E402
+from checkpoints_convert.torchvision_detector import COCO_CATEGORY_IDS  # noqa: E402
 from checkpoints_convert.torchvision_mask_rcnn import convert_maskrcnn_resnet50_fpn  # noqa: E402
 from jaxdet.config import load_config  # noqa: E402
 from jaxdet.engine.checkpoint import apply_meta_to_config  # noqa: E402
-from jaxdet.evaluation.coco import COCOEvaluator, detections_to_coco  # noqa: E402
+from jaxdet.evaluation.coco import detections_to_coco  # noqa: E402
 from jaxdet.evaluation.masks import encode_rle, paste_masks_detectron2, paste_masks_torchvision  # noqa: E402
 from jaxdet.modeling.build import build_detector  # noqa: E402
 from jaxdet.modeling.detectors.mask_rcnn import MaskRCNN  # noqa: E402
-from tests.convert.test_faster_rcnn_parity import (  # noqa: E402
-    E2E_BOX_TOL,
-    E2E_DET_SCORE_TOL,
-    FEATURE_REL_TOL,
-    STAGE_BOX_TOL,
-    STAGE_DET_SCORE_TOL,
-    TV_LEVELS,
-    TV_MEAN01,
-    TV_STD01,
-    _assert_same_up_to_ties,
-    _coco_results,
-    _dets,
-    _load_image,
-    _match,
-    _np,
-    _pad_proposals,
-    _pseudo_ground_truth,
-    _reference_model,
-    _run_torchvision,
+from tests.convert.parity_utils import (  # noqa: E402
+    E2E_BOX_TOL, E2E_DET_SCORE_TOL, FEATURE_REL_TOL, REPO, STAGE_BOX_TOL, STAGE_DET_SCORE_TOL, TV_LEVELS,
+    _assert_ap_match, _assert_same_up_to_ties, _check_converted_tree, _coco_ap, _coco_results, _dets, _end_to_end,
+    _feature_errors, _float64, _jaxdet_input, _match, _nhwc, _np, _pad_proposals, _postprocess,
+    _pseudo_ground_truth, _record, _reference_model, _run_torchvision, _torchvision_input,
 )
 
-torch.set_num_threads(2)
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "mask_rcnn.py"
 #: five 640x480 images: one canvas, 800x1088
 IMAGES = ("000000000089.jpg", "000000000110.jpg", "000000000133.jpg", "000000000164.jpg", "000000000192.jpg")
@@ -130,9 +110,7 @@ def parity(coco128_root, reference_model, converted):
     """Runs torchvision and jaxdet on every image; keeps small outputs (features as error numbers)."""
     variables, _, _, model = converted
 
-    @jax.jit
-    def end_to_end(v, batch):
-        return model.apply(v, batch, train=False, mutable=["intermediates"])
+    end_to_end = _end_to_end(model)
 
     def stages(module, features, image_size, proposals, proposals_valid, tv_dets, canvas_hw):
         """jaxdet's box head + mask branch on the *given* proposals, and its mask branch on the given detections."""
@@ -145,25 +123,17 @@ def parity(coco128_root, reference_model, converted):
 
     out = []
     for idx, name in enumerate(IMAGES):
-        image = _load_image(coco128_root / "train2017" / name)
-        with torch.no_grad():
-            image_list, _ = reference_model.transform([image])
+        image, image_list = _torchvision_input(reference_model, coco128_root, name)
         feats_t, props_t, rpn_scores_t, dets_t = _run_torchvision(reference_model, image_list)
-        with torch.no_grad():
-            post_t = reference_model.transform.postprocess([dict(dets_t)], image_list.image_sizes,
-                                                           [tuple(image.shape[1:])])[0]
-        canvas = tuple(image_list.tensors.shape[2:])
-        image_size = np.asarray([image_list.image_sizes[0]], np.int32)
-        pixels = (image_list.tensors[0].numpy().transpose(1, 2, 0) * TV_STD01 + TV_MEAN01) * 255.0
-        batch = {"image": jnp.asarray(pixels[None]), "image_size": jnp.asarray(image_size)}
+        post_t = _postprocess(reference_model, dets_t, image_list, image)
+        canvas, image_size, batch = _jaxdet_input(image_list)
 
         dets_j, inter = jax.device_get(end_to_end(variables, batch))
         inter = inter["intermediates"]
         feats_j = inter["features"][0]
         e2e_boxes, e2e_valid = inter["proposals"][0]
-        feats_t = {TV_LEVELS[k]: v[0].numpy().transpose(1, 2, 0) for k, v in feats_t.items()}
-        feat_err = {k: (float(np.abs(feats_j[k][0] - feats_t[k]).max()), float(np.abs(feats_t[k]).max()))
-                    for k in TV_LEVELS.values()}
+        feats_t = _nhwc(feats_t, TV_LEVELS)
+        feat_err = _feature_errors(feats_j, feats_t, TV_LEVELS.values())
 
         props, props_valid = _pad_proposals(props_t.numpy())
         dets_np = _np(dets_t)
@@ -184,18 +154,6 @@ def parity(coco128_root, reference_model, converted):
             rec["image_list"] = image_list
         out.append(rec)
     return out
-
-
-@pytest.fixture(scope="module")
-def max_err():
-    """Largest differences seen per comparison (printed at the end of the module for docs/parity_mask_rcnn.md)."""
-    errs = {}
-    yield errs
-    print("\nmeasured max differences:", json.dumps(errs, indent=1, default=float))
-
-
-def _record(max_err, key, value, reduce=max):
-    max_err[key] = reduce(max_err[key], value) if key in max_err else value
 
 
 # ----------------------------------------------------------------------------------------------- parity tests
@@ -314,12 +272,8 @@ def test_end_to_end_mask_differences_are_float32_rounding(parity, reference_mode
     far off as torchvision's own float32 masks: mean and 99.9th percentile of the absolute probability error
     within a factor 2, and torchvision float32's own largest error is of the order of the tolerance. (The
     largest single errors follow the detection boxes, which end to end are up to ~0.02 px from the exact ones.)"""
-    from torchvision.models.detection.image_list import ImageList
-
     r = parity[FLOAT64_IMAGE]
-    model64 = copy.deepcopy(reference_model).double()
-    il = r["image_list"]
-    _, _, _, dets64 = _run_torchvision(model64, ImageList(il.tensors.double(), il.image_sizes))
+    _, _, _, dets64 = _run_torchvision(*_float64(reference_model, r["image_list"]))
     ref = _np(dets64)
     errs = {}
     for who, d in (("torchvision float32", r["tv"]["dets"]), ("jaxdet", r["e2e"]["dets"])):
@@ -384,24 +338,15 @@ def test_coco_box_and_mask_ap_match(parity, coco128_root, max_err):
     segm_gt, n_segm = _pseudo_segm_ground_truth(parity, categories)
     assert n_box > 50 and n_segm > 50
     for iou_type, gt, results in (("bbox", box_gt, _coco_results), ("segm", segm_gt, _segm_results)):
-        ap = {}
-        for which in ("torchvision", "jaxdet"):
-            ev = COCOEvaluator(gt, COCO_CATEGORY_IDS, COCO_CLASS_NAMES, iou_type=iou_type)
-            for r in parity:
-                ev.add(results(r, which), image_ids=[r["image_id"]])
-            ap[which] = ev.evaluate()
-        max_err[f"{iou_type} AP pseudo (torchvision, jaxdet)"] = (ap["torchvision"]["AP"], ap["jaxdet"]["AP"])
-        for key in ("AP", "AP50", "AP75"):
-            assert abs(ap["torchvision"][key] - ap["jaxdet"][key]) <= 0.1, (iou_type, key, ap)
+        ap = _coco_ap(gt, parity, results, iou_type)
+        _assert_ap_match(ap, iou_type, max_err, f"{iou_type} AP pseudo (torchvision, jaxdet)")
         assert 20 < ap["torchvision"]["AP"] < 90, (iou_type, ap["torchvision"]["AP"])
 
 
 # ----------------------------------------------------------------------------------------------- converter
 def test_converted_tree_is_the_models(converted):
     variables, meta, config, model = converted
-    batch = {"image": jnp.zeros((1, 64, 64, 3), jnp.uint8), "image_size": jnp.array([[64, 64]], jnp.int32)}
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, method=MaskRCNN.initialize))
-    check_shapes(variables, shapes, "converted maskrcnn_resnet50_fpn")
+    _check_converted_tree(variables, model, "converted maskrcnn_resnet50_fpn", method=MaskRCNN.initialize)
     assert meta["arch"] == "maskrcnn_resnet50_fpn" and meta["num_classes"] == 90
     assert meta["config_overrides"]["model.mask_head.sampling_ratio"] == 2
     assert meta["config_overrides"]["model.mask_head.pooler_resolution"] == 14

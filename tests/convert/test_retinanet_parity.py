@@ -2,8 +2,8 @@
 detections and COCO AP on real coco128 images (issue 4), plus the converter's key/class handling.
 
 The reference: ``retinanet_resnet50_fpn(weights=None, weights_backbone=None)``, ``torch.manual_seed(0)``, eval mode,
-with the BatchNorm calibration/randomisation of ``tests/convert/test_faster_rcnn_parity.py`` (its
-``_reference_model``, run with the RetinaNet builder in place of the Faster R-CNN one), so the conversion uses
+with the BatchNorm calibration/randomisation of ``tests/convert/test_faster_rcnn_parity.py`` (``_reference_model``
+of ``parity_utils.py``, run with the RetinaNet builder in place of the Faster R-CNN one), so the conversion uses
 ``norm_eps=1e-5``. torchvision initialises the head with std-0.01 weights and the 0.01 class prior, which gives no
 detection at all (DESIGN.md section 5), so the head is then made confident (:func:`_make_head_confident`): conv
 weights rescaled to He scale, random biases, class logits spread around a lower prior, box deltas of ~0.35 std.
@@ -26,9 +26,7 @@ Comparisons (tolerances measured, see docs/parity_retinanet.md):
 """
 from __future__ import annotations
 
-import copy
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -37,34 +35,23 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torchvision  # noqa: E402
-from torchvision.models.detection.image_list import ImageList  # noqa: E402
 
-from checkpoints_convert.common import check_shapes  # noqa: E402
 from checkpoints_convert.torchvision_detector import COCO_CATEGORY_IDS, COCO_CLASS_NAMES  # noqa: E402
 from checkpoints_convert.torchvision_retinanet import convert_retinanet_resnet50_fpn  # noqa: E402
 from jaxdet.config import load_config  # noqa: E402
 from jaxdet.engine.checkpoint import apply_meta_to_config  # noqa: E402
-from jaxdet.evaluation.coco import COCOEvaluator  # noqa: E402
 from jaxdet.modeling.build import build_detector  # noqa: E402
 from jaxdet.modeling.detectors.retinanet import LEVELS  # noqa: E402
-from tests.convert.test_faster_rcnn_parity import (  # noqa: E402
-    TV_MEAN01,
-    TV_STD01,
-    _assert_same_up_to_ties,
-    _coco_results,
-    _dets,
-    _load_image,
-    _match,
-    _np,
-    _pseudo_ground_truth,
-    _reference_model,
+from tests.convert.parity_utils import (  # noqa: E402
+    REPO, TV_LEVELS_P3_P7, _assert_box_aps_match, _assert_features_match, _assert_float64_features,
+    _assert_original_pixel_detections_match, _assert_same_up_to_ties, _check_converted_tree, _dets, _end_to_end,
+    _feature_errors, _float64, _jaxdet_input, _match, _nhwc, _np, _postprocess, _pseudo_ground_truth, _record,
+    _reference_model, _torchvision_input,
 )
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "retinanet.py"
 #: five landscape 640x480 coco128 images (one canvas, 800x1088: the anchors test covers other canvases).
 IMAGES = ("000000000089.jpg", "000000000110.jpg", "000000000133.jpg", "000000000164.jpg", "000000000009.jpg")
-TV_LEVELS = {"0": "P3", "1": "P4", "2": "P5", "p6": "P6", "p7": "P7"}
 FLOAT64_IMAGE = 1
 DETECTIONS = 300
 
@@ -142,9 +129,7 @@ def parity(coco128_root, reference_model, converted):
     """Runs torchvision and the three jaxdet paths on every image; keeps small outputs and error numbers."""
     variables, _, _, model = converted
 
-    @jax.jit
-    def end_to_end(v, batch):
-        return model.apply(v, batch, train=False, mutable=["intermediates"])
+    end_to_end = _end_to_end(model)
 
     def stages(module, features, image_size, canvas_hw):
         """The RetinaNet.__call__ composition after the FPN: head, anchors, post-processing."""
@@ -165,23 +150,15 @@ def parity(coco128_root, reference_model, converted):
 
     out = []
     for idx, name in enumerate(IMAGES):
-        image = _load_image(coco128_root / "train2017" / name)
-        with torch.no_grad():
-            image_list, _ = reference_model.transform([image])
+        image, image_list = _torchvision_input(reference_model, coco128_root, name)
         feats_torch, head_t, sizes, counts, dets_t = _run_torchvision(reference_model, image_list)
-        with torch.no_grad():
-            post_t = reference_model.transform.postprocess([dict(dets_t)], image_list.image_sizes,
-                                                           [tuple(image.shape[1:])])[0]
-        canvas = tuple(image_list.tensors.shape[2:])
-        image_size = np.asarray([image_list.image_sizes[0]], np.int32)
-        pixels = (image_list.tensors[0].numpy().transpose(1, 2, 0) * TV_STD01 + TV_MEAN01) * 255.0
-        batch = {"image": jnp.asarray(pixels[None]), "image_size": jnp.asarray(image_size)}
+        post_t = _postprocess(reference_model, dets_t, image_list, image)
+        canvas, image_size, batch = _jaxdet_input(image_list)
 
         dets_j, inter = jax.device_get(end_to_end(variables, batch))
         feats_j = inter["intermediates"]["features"][0]
-        feats_t = {TV_LEVELS[k]: v[0].numpy().transpose(1, 2, 0) for k, v in feats_torch.items()}
-        feat_err = {k: (float(np.abs(feats_j[k][0] - feats_t[k]).max()), float(np.abs(feats_t[k]).max()))
-                    for k in LEVELS}
+        feats_t = _nhwc(feats_torch, TV_LEVELS_P3_P7)
+        feat_err = _feature_errors(feats_j, feats_t, LEVELS)
 
         logits_t = head_t["cls_logits"].numpy()[..., 1:]  # our classes 1..90
         deltas_t = head_t["bbox_regression"].numpy()
@@ -208,14 +185,6 @@ def parity(coco128_root, reference_model, converted):
     return out
 
 
-@pytest.fixture(scope="module")
-def max_err():
-    """Largest differences seen per comparison (printed at the end of the module for docs/parity_retinanet.md)."""
-    errs = {}
-    yield errs
-    print("\nmeasured max differences:", json.dumps(errs, indent=1, default=float))
-
-
 # ----------------------------------------------------------------------------------------------- parity tests
 def test_reference_is_not_degenerate(parity, max_err):
     """Confident, spread outputs: the 300 cap reached on every image, > 1000 candidates on P3 (and on P4 for most
@@ -236,12 +205,7 @@ def test_reference_is_not_degenerate(parity, max_err):
 
 
 def test_fpn_features_match(parity, max_err):
-    for r in parity:
-        for level, (diff, scale) in r["feat_err"].items():
-            assert scale > 1.0
-            assert diff <= FEATURE_REL_TOL * scale, f"{r['name']} {level}: max|diff| {diff} > 1e-4 * {scale}"
-            key = f"feature {level} (relative)"
-            max_err[key] = max(max_err.get(key, 0), diff / scale)
+    _assert_features_match(parity, FEATURE_REL_TOL, max_err)
 
 
 def test_postprocess_matches_on_reference_head_outputs(parity, max_err):
@@ -258,8 +222,7 @@ def test_head_and_detections_match_on_reference_features(parity, max_err):
     for r in parity:
         for what, (diff, scale) in r["head_err"].items():
             assert diff <= HEAD_REL_TOL * scale, (r["name"], what, diff, scale)
-            max_err[f"stage head {what} (relative)"] = max(max_err.get(f"stage head {what} (relative)", 0),
-                                                           diff / scale)
+            _record(max_err, f"stage head {what} (relative)", diff / scale)
         _assert_same_up_to_ties(f"stage detections {r['name']}", _dets(r["tv"]["dets"]), _dets(r["stage"]["dets"]),
                                 STAGE_BOX_TOL, STAGE_SCORE_TOL, max_err, cap=DETECTIONS)
 
@@ -275,16 +238,8 @@ def test_end_to_end_differences_are_float32_rounding(parity, reference_model, ma
     """torchvision run in float64 is the exact answer; jaxdet (float32) is no further from it than torchvision's
     own float32 run (within a factor 2), for features and detections."""
     r = parity[FLOAT64_IMAGE]
-    model64 = copy.deepcopy(reference_model).double()
-    il = r["image_list"]
-    feats64, _, _, _, dets64 = _run_torchvision(model64, ImageList(il.tensors.double(), il.image_sizes))
-    for k, v in feats64.items():
-        ref = v[0].numpy().transpose(1, 2, 0)
-        err_tv = np.abs(r["feats_t"][TV_LEVELS[k]] - ref).max()
-        err_jx = np.abs(r["feats_j"][TV_LEVELS[k]] - ref).max()
-        max_err[f"float64 reference: {TV_LEVELS[k]} relative error of torchvision float32 / jaxdet"] = (
-            err_tv / np.abs(ref).max(), err_jx / np.abs(ref).max())
-        assert err_jx <= 2 * err_tv, f"{TV_LEVELS[k]}: jaxdet {err_jx} vs torchvision float32 {err_tv} from float64"
+    feats64, _, _, _, dets64 = _run_torchvision(*_float64(reference_model, r["image_list"]))
+    _assert_float64_features(feats64, r, TV_LEVELS_P3_P7, max_err)
     ref = tuple(np.asarray(x, np.float64) for x in _dets(_np(dets64)))
     errs = {}
     for who, d in (("torchvision float32", _dets(r["tv"]["dets"])), ("jaxdet", _dets(r["e2e"]["dets"]))):
@@ -305,34 +260,17 @@ def test_coco_ap_matches(parity, coco128_root, max_err):
     gt_json = coco128_root / "annotations" / "instances_train2017.json"
     categories = json.loads(gt_json.read_text())["categories"]
     for r in parity:
-        t, j = _coco_results(r, "torchvision"), _coco_results(r, "jaxdet")
-        xyxy = lambda rs: np.array([[b[0], b[1], b[0] + b[2], b[1] + b[3]] for b in (x["bbox"] for x in rs)])
-        _assert_same_up_to_ties(
-            f"original-pixel detections {r['name']}",
-            (xyxy(t), np.array([x["score"] for x in t]), np.array([x["category_id"] for x in t])),
-            (xyxy(j), np.array([x["score"] for x in j]), np.array([x["category_id"] for x in j])),
-            E2E_BOX_TOL, E2E_SCORE_TOL, max_err, cap_score=r["tv"]["dets"]["scores"].min())
+        _assert_original_pixel_detections_match(r, E2E_BOX_TOL, E2E_SCORE_TOL, max_err,
+                                                cap_score=r["tv"]["dets"]["scores"].min())
     pseudo_gt, n_gt = _pseudo_ground_truth(parity, categories)
     assert n_gt > 200
-    for label, gt in (("pseudo", pseudo_gt), ("coco128", str(gt_json))):
-        ap = {}
-        for which in ("torchvision", "jaxdet"):
-            ev = COCOEvaluator(gt, COCO_CATEGORY_IDS, COCO_CLASS_NAMES)
-            for r in parity:
-                ev.add(_coco_results(r, which), image_ids=[r["image_id"]])
-            ap[which] = ev.evaluate()
-        max_err[f"AP {label} (torchvision, jaxdet)"] = (ap["torchvision"]["AP"], ap["jaxdet"]["AP"])
-        for key in ("AP", "AP50", "AP75"):
-            assert abs(ap["torchvision"][key] - ap["jaxdet"][key]) <= 0.1, (label, key, ap)
-        if label == "pseudo":
-            assert 20 < ap["torchvision"]["AP"] < 90, ap["torchvision"]["AP"]
+    _assert_box_aps_match(parity, (("pseudo", pseudo_gt), ("coco128", str(gt_json))), max_err)
 
 
 # ----------------------------------------------------------------------------------------------- converter
 def test_converted_tree_is_the_models(converted):
     variables, meta, _, model = converted
-    batch = {"image": jnp.zeros((1, 64, 64, 3), jnp.uint8), "image_size": jnp.array([[64, 64]], jnp.int32)}
-    check_shapes(variables, jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch)), "converted retinanet")
+    _check_converted_tree(variables, model, "converted retinanet")
     assert meta["arch"] == "retinanet_resnet50_fpn" and meta["format"] == "torchvision"
     assert meta["category_ids"] == list(range(1, 91)) and meta["num_classes"] == 90
     assert meta["class_names"][0] == "person" and meta["class_names"][11] == "N/A (id 12)"
