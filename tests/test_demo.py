@@ -130,8 +130,9 @@ def test_to_original_frame_agrees_with_detections_to_coco():
     assert full["masks"].shape == (out["valid"].sum(), 300, 401)
     np.testing.assert_allclose(full["keypoints"][0, 0], [48 * 401 / 128, 32 * 300 / 96, 1.0], rtol=1e-5)
     b = np.floor(full["boxes"][0] + 0.5).astype(int)
-    ys, xs = np.nonzero(full["masks"][0])  # a mask of ones covers its box (corners bilinearly cut)
-    assert (ys.min(), ys.max() + 1, xs.min(), xs.max() + 1) == (b[1], b[3], b[0], b[2])
+    ys, xs = np.nonzero(full["masks"][0])  # a mask of ones covers its box (torchvision's paste: within a pixel)
+    got = np.array([ys.min(), ys.max() + 1, xs.min(), xs.max() + 1])
+    assert np.abs(got - np.array([b[1], b[3], b[0], b[2]])).max() <= 1, (got, b)
     ym, xm = (b[1] + b[3]) // 2, (b[0] + b[2]) // 2
     assert full["masks"][0][ym, b[0]:b[2]].all() and full["masks"][0][b[1]:b[3], xm].all()
 
