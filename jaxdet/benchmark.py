@@ -303,11 +303,12 @@ def run(config, args) -> dict:
     return res
 
 
-def _child_peak_memory(argv: list[str], which: str) -> float:
-    """Peak RSS (MiB) of a child process benchmarking only ``which``."""
+def _child_peak_memory(argv: list[str], which: str, train_iters: int = 2) -> float:
+    """Peak RSS (MiB) of a child process benchmarking only ``which`` (with 2 training iterations, none when
+    ``train_iters`` is 0: inference only)."""
     argv = [a for a in argv if not a.startswith(("--compare", "--output", "--only"))]
     proc = subprocess.run([sys.executable, "-m", "jaxdet.benchmark", *argv[1:], f"--only={which}",
-                           "--num_images=2", "--warmup=0", "--train_iters=2"],
+                           "--num_images=2", "--warmup=0", f"--train_iters={min(train_iters, 2)}"],
                           capture_output=True, text=True, cwd=REPO)
     if proc.returncode:
         raise RuntimeError(f"benchmark child ({which}) failed:\n{proc.stderr[-3000:]}")
@@ -354,7 +355,7 @@ def main(argv):
         print(json.dumps(res))
         return
     for which in ("jaxdet", "torchvision") if f.compare else ("jaxdet",):
-        res[which]["peak_rss_mb"] = _child_peak_memory(sys.argv, which)
+        res[which]["peak_rss_mb"] = _child_peak_memory(sys.argv, which, f.train_iters)
     print_table(res)
     if f.output:
         with open(f.output, "w") as fh:
