@@ -28,25 +28,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.num_keypoints = 5
     c.data.num_workers = 0
 
-    c.input.min_size_train = (256, 288, 320)
-    c.input.max_size_train = 320
-    c.input.min_size_test = 320
-    c.input.max_size_test = 320
-    c.input.canvases = ((320, 320),)
-
-    c.model.backbone.depth = 18
-    c.model.backbone.width_multiplier = 0.25
+    # the quickstart's CPU-sized input, backbone, FPN, anchors, RPN and box head (configs/quickstart.py)
+    quick = base_config(__file__, "quickstart")
+    c.input = quick.input
+    for section in ("backbone", "fpn", "anchor", "rpn", "roi_heads"):
+        c.model[section] = quick.model[section]
     c.model.backbone.norm = "bn"
-    c.model.backbone.freeze_at = 0
-    c.model.fpn.out_channels = 64
-    c.model.anchor.sizes = ((16,), (32,), (64,), (128,), (256,))
-    c.model.rpn.pre_nms_topk_train = 1000
-    c.model.rpn.post_nms_topk_train = 500
-    c.model.rpn.pre_nms_topk_test = 500
-    c.model.rpn.post_nms_topk_test = 300
-    c.model.roi_heads.batch_size_per_image = 128   # at most 32 positives per image reach the keypoint head
-    c.model.roi_heads.fc_dim = 256
-    c.model.roi_heads.topk_candidates_test = 1000
+    # roi_heads.batch_size_per_image 128: at most 32 positives per image reach the keypoint head
 
     c.model.keypoint_head.num_keypoints = 5
     c.model.keypoint_head.conv_dims = (64,) * 4
